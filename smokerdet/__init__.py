@@ -1,0 +1,41 @@
+"""smokerdet: tell whether people in photos are smoking.
+
+Everything the CLI does is a plain function here; importing it does not import torch.
+
+Example:
+    >>> import smokerdet
+    >>> for p in smokerdet.predict(["examples/"]):  # doctest: +SKIP
+    ...     print(p.path, p.label, p.probability)
+"""
+
+from smokerdet.__about__ import __version__
+from smokerdet.checkpoint import LoadedModel, ModelMeta, load_model
+from smokerdet.data import DataConfig, DatasetSplits, find_dataset, load_image
+from smokerdet.errors import SmokerdetError
+from smokerdet.evaluate import EvalConfig, EvalReport, evaluate
+from smokerdet.metrics import BinaryMetrics, binary_metrics
+from smokerdet.predict import Prediction, expand_inputs, predict
+from smokerdet.train import TrainConfig, TrainResult, train
+
+__all__ = [
+    "BinaryMetrics",
+    "DataConfig",
+    "DatasetSplits",
+    "EvalConfig",
+    "EvalReport",
+    "LoadedModel",
+    "ModelMeta",
+    "Prediction",
+    "SmokerdetError",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "binary_metrics",
+    "evaluate",
+    "expand_inputs",
+    "find_dataset",
+    "load_image",
+    "load_model",
+    "predict",
+    "train",
+]

@@ -1,0 +1,3 @@
+from smokerdet.cli import main
+
+main()

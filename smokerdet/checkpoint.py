@@ -1,0 +1,317 @@
+"""Model folders: ``model.safetensors`` plus ``model.json``, written atomically, no pickle.
+
+A model folder lives at ``<data dir>/models/<name>/``. ``model.json`` carries everything needed
+to use the weights the way they were trained: architecture, preprocessing, threshold, class
+names, the validation metrics, a fingerprint of the training data, and the SHA-256 of the
+weights file, so a torn pair (new weights, old metadata) is detected instead of used.
+
+Example:
+    >>> from smokerdet.checkpoint import load_model
+    >>> loaded = load_model("default")  # doctest: +SKIP
+    >>> loaded.meta.arch, loaded.meta.threshold  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from smokerdet.data import CLASS_NAMES, DataConfig
+from smokerdet.errors import CheckpointError, ConfigError, ModelNotFoundError
+from smokerdet.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from smokerdet.paths import default_model_dir, models_dir
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT_VERSION = 1
+RESERVED_NAMES = {"latest", "default"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class ModelMeta:
+    """Everything ``model.json`` records about a trained model."""
+
+    arch: str
+    data_config: DataConfig
+    threshold: float = 0.5
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    tta: str | None = None
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    train_args: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    weights_sha256: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data_config"] = self.data_config.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = META_FILE) -> ModelMeta:
+        """Validate and read ``model.json`` contents; errors name the offending field."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{where}: not a JSON object")
+        for key in ("arch", "data_config", "threshold", "weights_sha256"):
+            if key not in d:
+                raise CheckpointError(f"{where}: missing field {key!r}")
+        arch = d["arch"]
+        if not isinstance(arch, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", arch):
+            raise CheckpointError(f"{where}: field 'arch' is not a model name: {arch!r}")
+        dc = d["data_config"]
+        if not isinstance(dc, dict):
+            raise CheckpointError(f"{where}: field 'data_config' is not an object")
+        try:
+            cfg = DataConfig.from_dict(dc)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: field 'data_config' is invalid ({e})") from None
+        if not MIN_INPUT_SIZE <= cfg.input_size <= MAX_INPUT_SIZE:
+            raise CheckpointError(
+                f"{where}: field 'data_config.input_size' = {cfg.input_size} is outside "
+                f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}"
+            )
+        if len(cfg.mean) != 3 or len(cfg.std) != 3 or any(s <= 0 for s in cfg.std):
+            raise CheckpointError(
+                f"{where}: field 'data_config.mean/std' must be 3 values, std > 0"
+            )
+        if cfg.resize_mode not in ("letterbox", "crop", "squash"):
+            raise CheckpointError(f"{where}: field 'data_config.resize_mode' is invalid")
+        threshold = d["threshold"]
+        if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise CheckpointError(f"{where}: field 'threshold' must be a number in [0, 1]")
+        tta = d.get("tta")
+        if tta not in (None, "hflip"):
+            raise CheckpointError(f"{where}: field 'tta' must be null or 'hflip'")
+        known = set(cls.__dataclass_fields__)
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["data_config"] = cfg
+        kwargs["threshold"] = float(threshold)
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with its metadata and where it came from."""
+
+    model: Any
+    meta: ModelMeta
+    path: Path
+    name: str
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+
+    Readers see the old file or the new one, never a partial one, whatever interrupts us.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as pretty JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def versions() -> dict[str, str]:
+    """Versions of smokerdet, torch and timm, as recorded in checkpoints."""
+    import timm
+    import torch
+
+    from smokerdet.__about__ import __version__
+
+    return {"smokerdet": __version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
+def check_name(name: str) -> None:
+    """Reject model names that are not a safe single folder name."""
+    if name in RESERVED_NAMES or not _NAME_RE.match(name) or name in (".", ".."):
+        raise ConfigError(
+            f"--name {name!r} is not allowed",
+            hint="use letters, digits, '.', '_' and '-' (not 'latest' or 'default')",
+        )
+
+
+def save_model(folder: Path, model: Any, meta: ModelMeta, *, half: bool = False) -> Path:
+    """Save weights and metadata into ``folder``, each file atomically, metadata last.
+
+    Args:
+        folder: the model folder (created).
+        model: the torch module.
+        meta: its metadata; ``weights_sha256`` and ``created`` are filled in here.
+        half: store float tensors as fp16 (halves the size; used for the shipped model).
+    """
+    from safetensors.torch import save
+
+    state = {}
+    for k, v in model.state_dict().items():
+        t = v.detach().to("cpu")
+        if half and t.is_floating_point():
+            t = t.half()
+        state[k] = t.contiguous()
+    blob = save(state, metadata={"format": "pt", "arch": meta.arch})
+    meta.weights_sha256 = hashlib.sha256(blob).hexdigest()
+    meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if not meta.versions:
+        meta.versions = versions()
+    atomic_write_bytes(folder / WEIGHTS_FILE, blob)
+    atomic_write_json(folder / META_FILE, meta.to_dict())
+    return folder
+
+
+def read_meta(folder: Path) -> ModelMeta:
+    """Read and validate ``model.json`` of a model folder."""
+    meta_path = folder / META_FILE
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{folder} has no {META_FILE}", hint="is this a smokerdet model folder?"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({e})") from None
+    return ModelMeta.from_dict(raw, where=str(meta_path))
+
+
+def trained_models() -> list[tuple[str, Path, ModelMeta | None]]:
+    """Models in the data dir, oldest first: (name, folder, meta or None if unreadable)."""
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    found: list[tuple[str, Path, ModelMeta | None]] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (folder / META_FILE).exists():
+            continue
+        try:
+            meta: ModelMeta | None = read_meta(folder)
+        except CheckpointError:
+            meta = None
+        found.append((folder.name, folder, meta))
+    found.sort(key=lambda t: (t[2].created if t[2] else "", t[0]))
+    return found
+
+
+def default_model_available() -> bool:
+    """True when the package ships a default model."""
+    return (default_model_dir() / META_FILE).is_file()
+
+
+def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
+    """Find a model folder: a path, a trained model's name, ``latest`` or ``default``.
+
+    With no ``spec``: the latest trained model, else the model shipped in the package.
+    """
+    if spec is None or str(spec) == "latest":
+        models = [m for m in trained_models() if m[2] is not None]
+        if models:
+            name, folder, _ = models[-1]
+            return name, folder
+        if spec is None and default_model_available():
+            return "default", default_model_dir()
+        raise ModelNotFoundError(
+            "no trained model found" + ("" if spec is None else " (latest)"),
+            hint="train one with `smokerdet train`, or pass --model NAME|PATH",
+        )
+    text = str(spec)
+    if text == "default":
+        if default_model_available():
+            return "default", default_model_dir()
+        raise ModelNotFoundError("this installation ships no default model")
+    path = Path(text).expanduser()
+    if path.exists():
+        folder = path.parent if path.is_file() else path
+        return folder.name, folder
+    folder = models_dir() / text
+    if _NAME_RE.match(text) and (folder / META_FILE).exists():
+        return text, folder
+    names = [n for n, _, _ in trained_models()]
+    raise ModelNotFoundError(
+        f"no model named or at {text!r}",
+        hint=f"known models: {', '.join(names)}" if names else "train one with `smokerdet train`",
+    )
+
+
+def load_model(spec: str | os.PathLike[str] | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a model folder for inference, checking weights against their metadata.
+
+    Raises:
+        ModelNotFoundError: nothing matches ``spec``.
+        CheckpointError: the folder is incomplete, torn, or does not match its arch.
+    """
+    import timm
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    name, folder = resolve_model(spec)
+    meta = read_meta(folder)
+    weights_path = folder / WEIGHTS_FILE
+    try:
+        blob = weights_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}") from None
+    if hashlib.sha256(blob).hexdigest() != meta.weights_sha256:
+        raise CheckpointError(
+            f"{weights_path} does not match the weights_sha256 in {META_FILE}: "
+            "the folder is torn or was edited",
+            hint="retrain the model or restore both files together",
+        )
+    if not timm.is_model(meta.arch):
+        raise CheckpointError(
+            f"{folder / META_FILE}: field 'arch' names no timm model: {meta.arch!r}"
+        )
+    try:
+        state = load(blob)
+    except SafetensorError as e:
+        raise CheckpointError(f"{weights_path} is not a valid safetensors file ({e})") from None
+    model = timm.create_model(meta.arch, pretrained=False, num_classes=1)
+    own = model.state_dict()
+    for key, tensor in own.items():
+        if key not in state:
+            raise CheckpointError(f"{weights_path}: tensor {key} is missing for arch {meta.arch}")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{weights_path}: tensor {key} has shape {tuple(state[key].shape)}, "
+                f"{meta.arch} expects {tuple(tensor.shape)}"
+            )
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise CheckpointError(f"{weights_path}: unexpected tensor {extra[0]} for arch {meta.arch}")
+    model.load_state_dict(state)
+    model.eval().to(device)
+    return LoadedModel(model=model, meta=meta, path=folder, name=name)

@@ -1,0 +1,372 @@
+"""The ``smokerdet`` command: options in, one library call, results out.
+
+Shared options are declared once as ``Annotated`` aliases. Each command checks its options,
+calls one function of the library and renders what it returns. ``main()`` turns a
+:class:`~smokerdet.errors.SmokerdetError` into ``Error:``/``Hint:`` lines and an exit code;
+a traceback appears only with ``SMOKERDET_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from smokerdet.__about__ import __version__
+from smokerdet.errors import SmokerdetError
+
+DEBUG_ENV = "SMOKERDET_DEBUG"
+
+app = typer.Typer(
+    name="smokerdet",
+    help="Tell whether people in photos are smoking.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+    all = "all"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Only(str, Enum):
+    smoking = "smoking"
+    not_smoking = "not_smoking"
+
+
+# Options shared by several commands: one help text, one default.
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name, folder, 'latest' or 'default'. Default: the latest trained model, "
+        "else the model shipped with smokerdet.",
+    ),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", "-d", help="Dataset folder. Default: the downloaded dataset."),
+]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.", min=1)]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", help="Image-decoding worker processes. Default: cores, at most 4.", min=0
+    ),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold", help="Probability from which a photo is 'smoking'. Default: the model's."
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed (data split, init, augmentation).")
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(name: str | None = None) -> Callable[[F], F]:
+    """Register a command whose SmokerdetErrors become ``Error:``/``Hint:`` and an exit code."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from smokerdet.render import print_error, setup_logging
+
+            setup_logging()
+            try:
+                return fn(*args, **kwargs)
+            except SmokerdetError as e:
+                if os.environ.get(DEBUG_ENV) == "1":
+                    raise
+                print_error(e)
+                raise typer.Exit(e.exit_code) from None
+
+        app.command(name)(wrapper)
+        return fn
+
+    return decorate
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"smokerdet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Tell whether people in photos are smoking.
+
+    Start with `smokerdet predict photos/` (uses the model shipped with smokerdet), or
+    train your own with `smokerdet train --data DIR`.
+    """
+
+
+@command("info")
+def info(json_out: JsonOpt = False) -> None:
+    """Show versions, the device, the data dir and the models found there.
+
+    Example:
+        smokerdet info --json
+    """
+    from smokerdet.info import gather_info
+    from smokerdet.render import print_json, render_info
+
+    result = gather_info()
+    print_json(result) if json_out else render_info(result)
+
+
+@command("train")
+def train(
+    arch: Annotated[str, typer.Option("--arch", "-a", help="Any timm model name.")] = "resnet50",
+    data: DataOpt = None,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Maximum fine-tuning epochs.")] = 20,
+    batch_size: BatchOpt = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 5e-4,
+    img_size: Annotated[
+        int | None, typer.Option("--img-size", help="Input size. Default: the model's own.")
+    ] = None,
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Start from timm's ImageNet weights (fails if they can't be had; never "
+            "silently random).",
+        ),
+    ] = True,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="Local backbone state dict (.safetensors or .pth)."),
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Fine-tune an existing smokerdet model: 'default', a name or a path. "
+            "Keeps its architecture and preprocessing.",
+        ),
+    ] = None,
+    seed: SeedOpt = 42,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Model name. Default: ARCH-TIMESTAMP.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing model of that --name.")
+    ] = False,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Early-stopping patience in epochs (0: off).")
+    ] = 5,
+    device: DeviceOpt = Device.auto,
+    workers: WorkersOpt = None,
+    lp_epochs: Annotated[
+        int, typer.Option("--lp-epochs", help="Linear-probe epochs before fine-tuning (LP-FT).")
+    ] = 0,
+    label_smoothing: Annotated[
+        float, typer.Option("--label-smoothing", help="BCE label smoothing.")
+    ] = 0.0,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Store horizontal-flip test-time augmentation.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a model on labelled photos and save it in the data dir.
+
+    The best epoch by validation F1 is kept, and its decision threshold is chosen on the
+    validation split.
+
+    Example:
+        smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
+    """
+    from smokerdet.render import RichTrainReporter, print_json, render_train
+    from smokerdet.train import TrainConfig
+    from smokerdet.train import train as run_train
+
+    pretrained_flag = pretrained and weights is None and init is None
+    cfg = TrainConfig(
+        arch=arch,
+        data=data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        img_size=img_size,
+        pretrained=pretrained_flag,
+        weights=weights,
+        init=init,
+        seed=seed,
+        name=name,
+        overwrite=overwrite,
+        patience=patience,
+        device=device.value,
+        workers=workers,
+        lp_epochs=lp_epochs,
+        label_smoothing=label_smoothing,
+        tta=tta,
+    )
+    result = run_train(cfg, RichTrainReporter())
+    print_json(result.to_dict()) if json_out else render_train(result)
+
+
+@command("eval")
+def eval_(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    split: Annotated[
+        Split, typer.Option("--split", "-s", help="Which split to score.")
+    ] = Split.test,
+    threshold: ThresholdOpt = None,
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = 42,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score a model on a dataset split: accuracy, precision, recall, F1 and more.
+
+    Smoking is the positive class. No augmentation; the checkpoint's own preprocessing.
+
+    Example:
+        smokerdet eval --data ./smoker-detection --split val --json
+    """
+    from smokerdet.evaluate import EvalConfig, evaluate
+    from smokerdet.render import print_json, render_eval
+
+    report = evaluate(
+        EvalConfig(
+            model=model,
+            data=data,
+            split=split.value,
+            threshold=threshold,
+            batch_size=batch_size,
+            workers=workers,
+            device=device.value,
+            seed=seed,
+        )
+    )
+    print_json(report.to_dict()) if json_out else render_eval(report)
+
+
+@command("predict")
+def predict(
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders, glob patterns, or - to read paths from stdin."),
+    ],
+    model: ModelOpt = None,
+    threshold: ThresholdOpt = None,
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = Device.auto,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Write JSON Lines on stdout, one object per image.")
+    ] = False,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")
+    ] = None,
+    only: Annotated[
+        Only | None, typer.Option("--only", help="Show only images with this label.")
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")
+    ] = True,
+) -> None:
+    """Label photos as smoking or not smoking.
+
+    Exit codes: 0 every image got a label; 1 bad usage or no usable input;
+    3 some images failed (their rows say why) while others were labelled.
+
+    Example:
+        smokerdet predict photos/ --json | jq 'select(.label == "smoking") | .path'
+    """
+    from smokerdet.errors import ConfigError
+    from smokerdet.predict import expand_inputs
+    from smokerdet.predict import predict as run_predict
+    from smokerdet.render import render_predictions
+
+    if json_out and csv_path is not None and str(csv_path) == "-":
+        raise ConfigError("--csv - and --json both want stdout: give --csv a file name")
+    inputs = expand_inputs(paths, recursive=recursive)
+    if not inputs.items:
+        for w in inputs.warnings:
+            sys.stderr.write(f"Warning: {w}\n")
+        raise ConfigError("no images to label in the given paths", hint="check the PATH arguments")
+    started = time.perf_counter()
+    rows = run_predict(
+        inputs,
+        model=model,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
+        device=device.value,
+    )
+    summary = render_predictions(
+        rows,
+        total=len(inputs),
+        json_lines=json_out,
+        csv_path=csv_path,
+        only=only.value if only else None,
+        started=started,
+    )
+    if summary.labelled == 0:
+        raise typer.Exit(1)
+    if summary.failed:
+        raise typer.Exit(3)
+
+
+def main() -> None:
+    """Console-script entry point: run the app and turn errors into one-line messages."""
+    from smokerdet.render import print_error
+
+    debug = os.environ.get(DEBUG_ENV) == "1"
+    try:
+        app(prog_name="smokerdet")
+    except SmokerdetError as e:
+        if debug:
+            raise
+        print_error(e)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted.\n")
+        sys.exit(130)
+    except Exception as e:  # last resort: no traceback for users unless they ask
+        if debug:
+            raise
+        print_error(
+            f"unexpected {type(e).__name__}: {e}",
+            hint=f"rerun with {DEBUG_ENV}=1 for a traceback, and please report it",
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The errors smokerdet raises, each in a user's terms and with a hint.
+
+``smokerdet.cli.main`` turns any :class:`SmokerdetError` into ``Error: ...`` plus
+``Hint: ...`` on stderr and exits with its ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class SmokerdetError(Exception):
+    """Base class: a message for a person, an optional hint and an exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(SmokerdetError):
+    """A value or combination of options makes no sense; the message names the --flag."""
+
+    exit_code = 2
+
+
+class DatasetLayoutError(SmokerdetError):
+    """A folder is not laid out in a way smokerdet understands, or has no usable images."""
+
+
+class DatasetNotFoundError(SmokerdetError):
+    """No dataset was given and none was downloaded."""
+
+
+class ImageLoadError(SmokerdetError):
+    """One image could not be read. Batches report it and go on."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class UnknownArchError(SmokerdetError):
+    """``--arch`` names no timm model."""
+
+
+class WeightsError(SmokerdetError):
+    """Pretrained or ``--weights`` weights cannot be had or do not fit the model."""
+
+
+class ModelNotFoundError(SmokerdetError):
+    """``--model`` names nothing that exists."""
+
+
+class CheckpointError(SmokerdetError):
+    """A model folder is incomplete, torn, or does not match its own metadata."""
+
+
+class DownloadError(SmokerdetError):
+    """A download or import failed."""

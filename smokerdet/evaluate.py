@@ -1,0 +1,137 @@
+"""Evaluate a model on a dataset split, with the checkpoint's own preprocessing and no augmentation.
+
+Example:
+    >>> from smokerdet.evaluate import evaluate
+    >>> report = evaluate(data="examples", split="all")  # doctest: +SKIP
+    >>> report.metrics.accuracy  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smokerdet.checkpoint import load_model
+from smokerdet.data import SPLITS, find_dataset, resolve_data_root
+from smokerdet.errors import ConfigError, DatasetLayoutError
+from smokerdet.inference import score_files
+from smokerdet.metrics import BinaryMetrics, binary_metrics
+from smokerdet.model import pick_device
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``smokerdet eval``."""
+
+    model: str | None = None
+    """Model name, path, ``latest`` or ``default`` (``--model``)."""
+    data: Path | str | None = None
+    """Dataset folder (``--data``); defaults to the downloaded dataset."""
+    split: str = "test"
+    """test, val, train or all (``--split``)."""
+    threshold: float | None = None
+    """Decision threshold; defaults to the checkpoint's (``--threshold``)."""
+    batch_size: int = 32
+    """Images per forward pass (``--batch-size``)."""
+    workers: int | None = None
+    """Decoding worker processes (``--workers``)."""
+    device: str = "auto"
+    """auto, cpu, cuda or mps (``--device``)."""
+    seed: int = 42
+    """Seed of the split for folders without split folders (``--seed``); match training's."""
+
+    def __post_init__(self) -> None:
+        if self.split not in (*SPLITS, "all"):
+            raise ConfigError(f"--split must be test, val, train or all, not {self.split!r}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class EvalReport:
+    """Metrics of one model on one split, plus what could not be read."""
+
+    model: str
+    model_path: Path
+    data: Path
+    split: str
+    threshold: float
+    metrics: BinaryMetrics
+    probabilities: list[tuple[str, int, float]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self, with_probabilities: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "model": self.model,
+            "model_path": str(self.model_path),
+            "data": str(self.data),
+            "split": self.split,
+            "threshold": self.threshold,
+            **self.metrics.to_dict(),
+            "skipped": [{"path": p, "error": e} for p, e in self.skipped],
+        }
+        if with_probabilities:
+            d["probabilities"] = [
+                {"path": p, "label": y, "probability": q} for p, y, q in self.probabilities
+            ]
+        return d
+
+
+def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
+    """Score a split and compute accuracy, precision, recall, F1, specificity and ROC-AUC.
+
+    Args:
+        cfg: the options; keyword ``overrides`` build or amend one (``evaluate(split="val")``).
+
+    Raises:
+        ModelNotFoundError, CheckpointError: no usable model.
+        DatasetNotFoundError, DatasetLayoutError: no usable data, or the split is empty.
+    """
+    if cfg is None:
+        cfg = EvalConfig(**overrides)
+    elif overrides:
+        cfg = EvalConfig(**{**cfg.__dict__, **overrides})
+    device = pick_device(cfg.device)
+    loaded = load_model(cfg.model, device=device)
+    data_root = resolve_data_root(cfg.data)
+    splits = find_dataset(data_root, seed=cfg.seed)
+    samples = splits.get(cfg.split)
+    if not samples:
+        counts = {k: sum(v.values()) for k, v in splits.counts().items()}
+        raise DatasetLayoutError(
+            f"the {cfg.split} split of {splits.root} is empty (images per split: {counts})",
+            hint="choose another --split",
+        )
+    threshold = loaded.meta.threshold if cfg.threshold is None else cfg.threshold
+    probabilities: list[tuple[str, int, float]] = []
+    skipped: list[tuple[str, str]] = []
+    paths = [s.path for s in samples]
+    for scored, sample in zip(
+        score_files(loaded, paths, batch_size=cfg.batch_size, workers=cfg.workers, device=device),
+        samples,
+        strict=True,
+    ):
+        if scored.probability is None:
+            skipped.append((str(scored.path), scored.error or "unreadable"))
+        else:
+            probabilities.append((str(sample.path), sample.label, scored.probability))
+    if not probabilities:
+        raise DatasetLayoutError(
+            f"none of the {len(samples)} images of the {cfg.split} split could be read"
+        )
+    metrics = binary_metrics(
+        [y for _, y, _ in probabilities], [p for _, _, p in probabilities], threshold
+    )
+    return EvalReport(
+        model=loaded.name,
+        model_path=loaded.path,
+        data=splits.root,
+        split=cfg.split,
+        threshold=threshold,
+        metrics=metrics,
+        probabilities=probabilities,
+        skipped=skipped,
+    )

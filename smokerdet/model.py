@@ -1,0 +1,255 @@
+"""Build timm models with one output logit, and load backbone weights into them.
+
+Example:
+    >>> from smokerdet.model import create_model, resolve_data_config
+    >>> model = create_model("resnet10t", pretrained=False)  # doctest: +SKIP
+    >>> resolve_data_config(model, img_size=224).input_size  # doctest: +SKIP
+    224
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from smokerdet.data import DataConfig, ResizeMode
+from smokerdet.errors import UnknownArchError, WeightsError
+from smokerdet.paths import weights_dir
+
+DEFAULT_ARCH = "resnet50"
+#: Largest input side accepted anywhere (training flag or a checkpoint's metadata).
+MAX_INPUT_SIZE = 1024
+MIN_INPUT_SIZE = 16
+
+
+def check_arch(arch: str) -> None:
+    """Raise :class:`UnknownArchError` with close matches if timm has no model ``arch``."""
+    import timm
+
+    base = arch.split(".", 1)[0]
+    if timm.is_model(base):
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(base, names, n=6, cutoff=0.6)
+    hint = (
+        f"did you mean: {', '.join(close)}?"
+        if close
+        else "run `python -c 'import timm; print(timm.list_models(\"resnet*\"))'`"
+    )
+    raise UnknownArchError(f"unknown architecture for --arch: {arch!r}", hint=hint)
+
+
+def create_model(
+    arch: str,
+    *,
+    pretrained: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Create a timm model with a single-logit head.
+
+    Args:
+        arch: any timm model name (``resnet50``, ``resnet10t``, ``tf_efficientnet_lite0``...).
+        pretrained: load timm's ImageNet weights from the local weights cache, downloading them
+            from the Hugging Face Hub when it is reachable. Never falls back to random weights.
+        weights: a local state dict (safetensors or ``.pth``) for the backbone; its classifier
+            head is dropped and replaced.
+
+    Raises:
+        UnknownArchError: timm has no such model.
+        WeightsError: the pretrained weights can't be had, or ``weights`` does not fit.
+    """
+    import timm
+
+    check_arch(arch)
+    if pretrained and weights:
+        raise WeightsError("use either --pretrained or --weights, not both")
+    model = timm.create_model(arch, pretrained=False, num_classes=1)
+    if pretrained:
+        load_backbone_weights(model, pretrained_weights_file(model))
+        return model
+    if weights:
+        load_backbone_weights(model, weights)
+    return model
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub endpoint (``HF_ENDPOINT``) answers a TCP connect quickly.
+
+    Checked before any download so an offline machine fails in seconds, not after minutes of
+    retries.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pretrained_weights_file(model: Any, *, download: bool = True) -> Path:
+    """Path of the ImageNet weights for ``model`` in smokerdet's weights cache.
+
+    Looks in the cache (``<data dir>/weights``, a Hugging Face Hub cache) first, and downloads
+    from the Hub (``HF_ENDPOINT`` is honoured) only when it is reachable and ``download`` is set.
+
+    Raises:
+        WeightsError: with a hint, when the weights are neither cached nor downloadable.
+    """
+    from huggingface_hub import hf_hub_download
+
+    arch = model.pretrained_cfg.get("architecture", "model")
+    hub_id = model.pretrained_cfg.get("hf_hub_id")
+    hint = (
+        f"run `smokerdet download weights {arch}`, pass --weights FILE, "
+        "or train from scratch with --no-pretrained"
+    )
+    if not hub_id:
+        raise WeightsError(f"timm knows no Hub weights for {arch}", hint=hint)
+    cache = weights_dir()
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(hub_id, filename, cache_dir=cache, local_files_only=True))
+        except Exception:
+            continue
+    if not download or not hub_reachable():
+        raise WeightsError(
+            f"ImageNet weights for {arch} ({hub_id}) are not in {cache} and the Hub "
+            "can't be reached",
+            hint=hint,
+        )
+    try:
+        return Path(hf_hub_download(hub_id, "model.safetensors", cache_dir=cache))
+    except Exception as e:
+        raise WeightsError(
+            f"could not download ImageNet weights for {arch} ({hub_id}): {type(e).__name__}",
+            hint=hint,
+        ) from None
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a state dict from safetensors or a ``.pth``, never unpickling arbitrary objects.
+
+    ``.pth`` files go through ``torch.load(weights_only=True)``, which refuses anything but
+    tensors and plain containers. Nested ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and
+    ``module.`` prefixes (DataParallel) are unwrapped.
+    """
+    import torch
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {p}", hint="check --weights")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(p))
+        else:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"cannot read weights from {p}: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            hint="give a safetensors file or a plain state-dict .pth (pickled objects are refused)",
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{p} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def classifier_prefixes(model: Any) -> tuple[str, ...]:
+    """Names of the model's classifier head modules, from its timm config."""
+    head = model.pretrained_cfg.get("classifier", "fc")
+    return tuple(head) if isinstance(head, (list, tuple)) else (head,)
+
+
+def load_backbone_weights(model: Any, path: str | os.PathLike[str]) -> None:
+    """Load a timm/torchvision state dict into ``model``, dropping and replacing its head.
+
+    Raises:
+        WeightsError: naming the first missing, unexpected or mis-shaped tensor.
+    """
+    sd = read_state_dict(path)
+    heads = classifier_prefixes(model)
+
+    def is_head(key: str) -> bool:
+        return any(key == h or key.startswith(h + ".") for h in heads)
+
+    sd = {k: v for k, v in sd.items() if not is_head(k)}
+    own = {k: v for k, v in model.state_dict().items() if not is_head(k)}
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise WeightsError(
+            f"{path} does not fit {model.pretrained_cfg.get('architecture', 'the model')}: "
+            + ", ".join(parts),
+            hint="check that --arch matches the architecture the weights were saved from",
+        )
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise WeightsError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, the model expects "
+                f"{tuple(own[k].shape)}",
+                hint="check that --arch matches the architecture the weights were saved from",
+            )
+    model.load_state_dict(sd, strict=False)
+
+
+def resolve_data_config(
+    model: Any, img_size: int | None = None, resize_mode: ResizeMode = "letterbox"
+) -> DataConfig:
+    """The model's own preprocessing (timm ``resolve_model_data_config``), at ``img_size``."""
+    import timm.data
+
+    cfg = timm.data.resolve_model_data_config(model)
+    size = img_size or int(cfg["input_size"][-1])
+    return DataConfig(
+        input_size=size,
+        mean=tuple(float(x) for x in cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(x) for x in cfg["std"]),  # type: ignore[arg-type]
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        crop_pct=float(cfg.get("crop_pct", 1.0)) if resize_mode == "crop" else 1.0,
+        resize_mode=resize_mode,
+    )
+
+
+def count_params(model: Any) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_device(device: str = "auto") -> str:
+    """Resolve ``auto`` to ``cuda``, ``mps`` or ``cpu``; check an explicit choice exists."""
+    import torch
+
+    from smokerdet.errors import ConfigError
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available", hint="use --device cpu")
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError("--device mps: MPS is not available here", hint="use --device cpu")
+    if device not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device must be auto, cpu, cuda or mps, not {device!r}")
+    return device

@@ -1,0 +1,199 @@
+"""Label photos: files, folders, glob patterns or a list of paths in, one Prediction per image out.
+
+Example:
+    >>> import smokerdet
+    >>> for p in smokerdet.predict(["examples/"]):  # doctest: +SKIP
+    ...     print(p.path, p.label, round(p.probability, 3))
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from smokerdet.checkpoint import LoadedModel, load_model
+from smokerdet.data import CLASS_NAMES, is_image_file
+from smokerdet.errors import ConfigError
+from smokerdet.inference import score_files
+from smokerdet.model import pick_device
+
+log = logging.getLogger("smokerdet")
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result. ``label`` and ``probability`` are None when ``error`` says why."""
+
+    path: str
+    label: str | None
+    probability: float | None
+    threshold: float
+    model: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Inputs:
+    """Expanded inputs, in a stable order without duplicates.
+
+    Attributes:
+        items: (path, error) pairs; error is set for a path that does not exist.
+        warnings: things worth saying that are not errors (a folder with no images).
+    """
+
+    items: list[tuple[str, str | None]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _walk_images(folder: str, recursive: bool) -> list[str]:
+    found: list[str] = []
+    if recursive:
+        # followlinks=False: a symlink loop cannot trap the walk.
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=lambda e: None):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith(".") and is_image_file(Path(name)):
+                    found.append(os.path.join(dirpath, name))
+    else:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            names = []
+        for name in names:
+            full = os.path.join(folder, name)
+            if not name.startswith(".") and is_image_file(Path(name)) and not os.path.isdir(full):
+                found.append(full)
+    return found
+
+
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike[str]],
+    *,
+    recursive: bool = True,
+    stdin: TextIO | None = None,
+) -> Inputs:
+    """Turn files, folders, glob patterns and ``-`` (paths on stdin) into a list of files.
+
+    Folders are walked (recursively by default) for image extensions, case-insensitively.
+    A file named explicitly is kept whatever its extension. Duplicates are dropped, keeping
+    the first occurrence; a path that does not exist becomes an item with an error.
+    """
+    out = Inputs()
+    seen: set[str] = set()
+
+    def add(path: str, error: str | None = None) -> None:
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            out.items.append((path, error))
+
+    def expand(raw: str) -> None:
+        if os.path.isdir(raw):
+            images = _walk_images(raw, recursive)
+            if not images:
+                out.warnings.append(f"no images in folder {raw}")
+            for p in images:
+                add(p)
+        elif os.path.lexists(raw):
+            add(raw)
+        elif _GLOB_CHARS & set(raw):
+            matches = sorted(glob.glob(raw, recursive=True))
+            if not matches:
+                add(raw, "no files match this pattern")
+            for m in matches:
+                expand(m) if os.path.isdir(m) else add(m)
+        else:
+            add(raw, "no such file or directory")
+
+    for item in inputs:
+        raw = os.fspath(item)
+        if raw == "-":
+            for line in stdin or sys.stdin:
+                line = line.rstrip("\r\n")
+                if line:
+                    expand(line)
+        else:
+            expand(raw)
+    return out
+
+
+def predict(
+    inputs: Iterable[str | os.PathLike[str]] | Inputs,
+    *,
+    model: str | os.PathLike[str] | None = None,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    recursive: bool = True,
+) -> Iterator[Prediction]:
+    """Yield a :class:`Prediction` for every image in ``inputs``, in input order.
+
+    Images stream through a DataLoader in batches, so memory stays bounded however many paths
+    are given. A file that can't be read yields a Prediction with ``error`` set; nothing stops
+    the run.
+
+    Args:
+        inputs: files, folders, glob patterns, ``-`` for stdin, or :func:`expand_inputs` output.
+        model: a model name, path, ``latest`` or ``default``; by default the latest trained
+            model, else the one shipped in the package.
+        threshold: probability from which an image is labelled smoking; defaults to the
+            threshold stored in the model (chosen on validation data).
+        batch_size: images per forward pass.
+        workers: decoding worker processes; by default the core count (at most 4).
+        device: auto, cpu, cuda or mps.
+        recursive: walk folders recursively.
+
+    Raises:
+        ModelNotFoundError, CheckpointError: no usable model (before any image is read).
+        ConfigError: an option is out of range.
+    """
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    expanded = inputs if isinstance(inputs, Inputs) else expand_inputs(inputs, recursive=recursive)
+    for warning in expanded.warnings:
+        log.warning(warning)
+    dev = pick_device(device)
+    loaded = load_model(model, device=dev)
+    cut = loaded.meta.threshold if threshold is None else threshold
+    names = loaded.meta.class_names or list(CLASS_NAMES)
+    return _generate(expanded, loaded, cut, names, batch_size, workers, dev)
+
+
+def _generate(
+    expanded: Inputs,
+    loaded: LoadedModel,
+    cut: float,
+    names: list[str],
+    batch_size: int,
+    workers: int | None,
+    device: str,
+) -> Iterator[Prediction]:
+    readable = [Path(p) for p, err in expanded.items if err is None]
+    scores = score_files(loaded, readable, batch_size=batch_size, workers=workers, device=device)
+    for path, error in expanded.items:
+        if error is not None:
+            yield Prediction(path, None, None, cut, loaded.name, error)
+            continue
+        scored = next(scores)
+        if scored.probability is None:
+            yield Prediction(path, None, None, cut, loaded.name, scored.error)
+        else:
+            label = names[1] if scored.probability >= cut else names[0]
+            yield Prediction(path, label, scored.probability, cut, loaded.name, None)

@@ -1,0 +1,356 @@
+"""Rendering of results for people (rich tables on stdout, chatter on stderr) and for scripts.
+
+Only :mod:`smokerdet.cli` uses this module. stdout carries data; progress, warnings and
+errors go to stderr, so ``smokerdet predict --json x | jq`` always works.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from smokerdet.errors import SmokerdetError
+from smokerdet.metrics import BinaryMetrics
+
+
+def out() -> Console:
+    """Console on stdout (looked up at call time, so test runners can capture it)."""
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+
+def err() -> Console:
+    """Console on stderr, for progress and warnings."""
+    return Console(file=sys.stderr, highlight=False)
+
+
+def print_json(obj: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_error(e: SmokerdetError | str, hint: str | None = None) -> None:
+    """``Error: ...`` and ``Hint: ...`` on stderr, as plain text (never wrapped or marked up)."""
+    message = e.message if isinstance(e, SmokerdetError) else e
+    hint = e.hint if isinstance(e, SmokerdetError) else hint
+    sys.stderr.write(f"Error: {message}\n")
+    if hint:
+        sys.stderr.write(f"Hint: {hint}\n")
+    sys.stderr.flush()
+
+
+class StderrHandler(logging.Handler):
+    """Routes smokerdet's log warnings to stderr as ``Warning: ...`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "Warning" if record.levelno >= logging.WARNING else "Note"
+        sys.stderr.write(f"{level}: {record.getMessage()}\n")
+
+
+def setup_logging() -> None:
+    """Install the stderr handler on the ``smokerdet`` logger, once."""
+    logger = logging.getLogger("smokerdet")
+    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+        logger.addHandler(StderrHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    """A number for a table cell; ``-`` for None."""
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def metrics_table(m: BinaryMetrics, title: str) -> Table:
+    """Accuracy, precision, recall, F1, specificity, ROC-AUC and support."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in [
+        ("accuracy", m.accuracy),
+        ("precision", m.precision),
+        ("recall", m.recall),
+        ("f1", m.f1),
+        ("specificity", m.specificity),
+        ("roc_auc", m.roc_auc),
+    ]:
+        table.add_row(label, fmt(value))
+    table.add_row("threshold", fmt(m.threshold))
+    table.add_row(
+        "support (smoking / not smoking)", f"{m.support_smoking} / {m.support_not_smoking}"
+    )
+    return table
+
+
+def confusion_table(m: BinaryMetrics) -> Table:
+    """The 2x2 confusion matrix, true classes as rows."""
+    table = Table(title="Confusion matrix (rows: true class)", title_justify="left")
+    table.add_column("")
+    table.add_column("pred not_smoking", justify="right")
+    table.add_column("pred smoking", justify="right")
+    table.add_row("not_smoking", str(m.tn), str(m.fp))
+    table.add_row("smoking", str(m.fn), str(m.tp))
+    return table
+
+
+def print_metrics(m: BinaryMetrics, title: str) -> None:
+    console = out()
+    console.print(metrics_table(m, title))
+    console.print(confusion_table(m))
+    for note in m.notes:
+        err().print(f"Note: {escape(note)}")
+
+
+PREDICTION_FIELDS = ("path", "label", "probability", "threshold", "model", "error")
+
+
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One JSON Lines record; ``ensure_ascii`` keeps odd file names on a single line."""
+    return json.dumps({k: row[k] for k in PREDICTION_FIELDS}, ensure_ascii=True)
+
+
+def csv_writer(f: IO[str]) -> Any:
+    """A CSV writer with the prediction header already written."""
+    w = csv.writer(f)
+    w.writerow(PREDICTION_FIELDS)
+    return w
+
+
+def render_info(info: dict[str, Any]) -> None:
+    """``smokerdet info`` as tables."""
+    console = out()
+    table = Table(title="smokerdet", title_justify="left", show_header=False)
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    for k, v in info["versions"].items():
+        table.add_row(k, v)
+    table.add_row("device", info["device"])
+    table.add_row("data dir", f"{info['data_dir']} (from {info['data_dir_from']})")
+    for k, v in info["folders"].items():
+        table.add_row(f"  {k}/", f"{v['path']}" + ("" if v["exists"] else " (not created yet)"))
+    active = info["active_model"]
+    table.add_row("active model", f"{active['name']} ({active['path']})" if active else "none")
+    console.print(table)
+    models = Table(title="Trained models", title_justify="left")
+    for col in ("name", "arch", "created", "val F1"):
+        models.add_column(col)
+    for m in info["models"]:
+        models.add_row(
+            escape(m["name"]),
+            m["arch"] or "[red]unreadable[/red]",
+            m["created"] or "-",
+            fmt(m["val_f1"]),
+        )
+    if info["models"]:
+        console.print(models)
+    else:
+        console.print("No trained models yet.")
+
+
+class RichTrainReporter:
+    """Live progress for ``smokerdet train`` on stderr: a bar per epoch, a row per epoch."""
+
+    def __init__(self) -> None:
+        self.console = err()
+        self.progress: Any = None
+        self.task: Any = None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        c = info["counts"]
+        origin = info["origin"]
+        start = (
+            f"from model {origin['init']}"
+            if origin.get("init")
+            else f"from {origin['weights']}"
+            if origin.get("weights")
+            else "from scratch"
+        )
+        self.console.print(
+            f"Training [bold]{escape(info['name'])}[/bold]: {info['arch']} at "
+            f"{info['input_size']}px on {info['device']}, {escape(start)}"
+        )
+        self.console.print(
+            f"Data {escape(info['data'])} ({info['layout']}): "
+            + ", ".join(f"{k} {v['smoking']}+{v['not_smoking']}" for k, v in c.items())
+        )
+        for note in info["notes"]:
+            self.console.print(f"Note: {escape(note)}")
+        self.console.print(
+            f"{'epoch':>5} {'loss':>7} {'v_loss':>7} {'v_acc':>6} {'v_prec':>6} "
+            f"{'v_rec':>6} {'v_f1':>6} {'img/s':>6} {'time':>7}"
+        )
+
+    def on_epoch_start(self, epoch: int, total: int, steps: int, phase: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch}/{total}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, loss="-")
+
+    def on_step(self, loss: float) -> None:
+        self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
+
+    def on_epoch_end(self, s: Any) -> None:
+        self.progress.stop()
+        mark = " *" if s.improved else (" (probe)" if s.phase == "probe" else "")
+        self.console.print(
+            f"{s.epoch:>5} {s.train_loss:>7.4f} {fmt(s.val_loss):>7} {fmt(s.val_accuracy):>6} "
+            f"{fmt(s.val_precision):>6} {fmt(s.val_recall):>6} {fmt(s.val_f1):>6} "
+            f"{s.images_per_second:>6.1f} {s.seconds:>6.1f}s{mark}",
+            highlight=False,
+        )
+
+
+def render_train(result: Any) -> None:
+    """Summary of a training run on stdout."""
+    console = out()
+    table = Table(title=f"Trained {result.name}", title_justify="left", show_header=False)
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    table.add_row("model", str(result.path))
+    table.add_row("arch", result.arch)
+    table.add_row(
+        "best epoch",
+        f"{result.best_epoch} of {result.epochs_run}"
+        + (" (early stop)" if result.stopped_early else ""),
+    )
+    table.add_row("threshold (best val F1)", fmt(result.threshold))
+    table.add_row("time", f"{result.seconds:.1f}s")
+    if result.skipped:
+        table.add_row("skipped files", str(len(result.skipped)))
+    console.print(table)
+    if result.val_metrics:
+        print_metrics(result.val_metrics, "Validation metrics of the saved model")
+    console.print(f"Saved to {escape(str(result.path))}")
+
+
+def render_eval(report: Any) -> None:
+    """``smokerdet eval`` as tables."""
+    title = f"{report.model} on {report.split} split of {report.data} ({report.metrics.n} images)"
+    print_metrics(report.metrics, escape(title))
+    if report.skipped:
+        err().print(f"Warning: skipped {len(report.skipped)} unreadable images")
+
+
+@dataclass
+class PredictSummary:
+    """Counts of a predict run."""
+
+    total: int = 0
+    labelled: int = 0
+    smoking: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+
+def render_predictions(
+    rows: Iterable[Any],
+    *,
+    total: int,
+    json_lines: bool,
+    csv_path: Path | None,
+    only: str | None,
+    started: float,
+) -> PredictSummary:
+    """Stream predictions to JSON Lines / CSV, or collect them into a table; return counts."""
+    import time
+    from contextlib import ExitStack
+
+    summary = PredictSummary(total=total)
+    table_rows: list[Any] = []
+    with ExitStack() as stack:
+        writer = None
+        if csv_path is not None:
+            f = (
+                sys.stdout
+                if str(csv_path) == "-"
+                else stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8"))
+            )
+            writer = csv_writer(f)
+        progress = None
+        if total > 50 and not json_lines:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            progress = stack.enter_context(
+                Progress(
+                    TextColumn("predict"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=err(),
+                    transient=True,
+                )
+            )
+            task = progress.add_task("predict", total=total)
+        for row in rows:
+            if row.error is None:
+                summary.labelled += 1
+                summary.smoking += row.label == "smoking"
+            else:
+                summary.failed += 1
+                if not json_lines:
+                    sys.stderr.write(f"Warning: {row.path}: {row.error}\n")
+            if progress is not None:
+                progress.update(task, advance=1)
+            if only is not None and row.label != only:
+                continue
+            d = row.to_dict()
+            if writer is not None:
+                writer.writerow([d[k] for k in PREDICTION_FIELDS])
+            if json_lines:
+                sys.stdout.write(jsonl_line(d) + "\n")
+                sys.stdout.flush()
+            elif not (writer is not None and f is sys.stdout):
+                table_rows.append(row)
+    summary.seconds = time.perf_counter() - started
+    if not json_lines and not (csv_path is not None and str(csv_path) == "-"):
+        table = Table(show_edge=False)
+        table.add_column("path", overflow="fold")
+        table.add_column("label")
+        table.add_column("p(smoking)", justify="right")
+        for row in table_rows:
+            if row.error:
+                table.add_row(escape(row.path), f"[red]error: {escape(row.error)}[/red]", "-")
+            else:
+                style = "bold red" if row.label == "smoking" else "green"
+                table.add_row(
+                    escape(row.path), f"[{style}]{row.label}[/{style}]", f"{row.probability:.3f}"
+                )
+        out().print(table)
+    rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
+    err().print(
+        f"{summary.total} images, {summary.smoking} smoking, "
+        f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
+        f"{rate:.1f} images/s"
+    )
+    return summary

@@ -1,0 +1,492 @@
+"""Train a timm model with one logit on a smoker dataset: BCE-with-logits, AdamW, cosine schedule.
+
+Example:
+    >>> from smokerdet.train import TrainConfig, train
+    >>> result = train(TrainConfig(arch="resnet10t", pretrained=False, data="examples",
+    ...                            epochs=1, img_size=64))  # doctest: +SKIP
+    >>> result.path  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from smokerdet.checkpoint import (
+    META_FILE,
+    ModelMeta,
+    atomic_write_json,
+    check_name,
+    load_model,
+    save_model,
+)
+from smokerdet.data import (
+    DataConfig,
+    DecodedDataset,
+    decode_all,
+    eval_transform,
+    find_dataset,
+    fingerprint,
+    resolve_data_root,
+    train_transform,
+)
+from smokerdet.errors import ConfigError, DatasetLayoutError
+from smokerdet.inference import score_files
+from smokerdet.metrics import BinaryMetrics, best_threshold, binary_metrics
+from smokerdet.model import (
+    DEFAULT_ARCH,
+    MAX_INPUT_SIZE,
+    MIN_INPUT_SIZE,
+    check_arch,
+    create_model,
+    pick_device,
+    resolve_data_config,
+)
+from smokerdet.paths import models_dir
+
+log = logging.getLogger("smokerdet")
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``smokerdet train``; each check names the flag to change."""
+
+    arch: str = DEFAULT_ARCH
+    """timm model name (``--arch``)."""
+    data: Path | str | None = None
+    """Dataset folder (``--data``); defaults to the downloaded dataset."""
+    epochs: int = 20
+    """Maximum number of fine-tuning epochs (``--epochs``)."""
+    batch_size: int = 32
+    """Images per optimisation step (``--batch-size``)."""
+    lr: float = 5e-4
+    """Peak learning rate of AdamW (``--lr``)."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (``--weight-decay``)."""
+    img_size: int | None = None
+    """Square input size; defaults to the model's own (``--img-size``)."""
+    pretrained: bool = True
+    """Start from timm's ImageNet weights (``--pretrained/--no-pretrained``)."""
+    weights: Path | str | None = None
+    """Local backbone state dict to start from (``--weights``)."""
+    init: str | None = None
+    """An existing smokerdet model to fine-tune: default, a name or a path (``--init``)."""
+    seed: int = 42
+    """Seed for the split, the initialisation and the augmentation (``--seed``)."""
+    name: str | None = None
+    """Model name under the data dir (``--name``); defaults to ARCH-TIMESTAMP."""
+    overwrite: bool = False
+    """Replace an existing model of the same name (``--overwrite``)."""
+    patience: int = 5
+    """Stop after this many epochs without a better validation F1; 0 disables (``--patience``)."""
+    device: str = "auto"
+    """auto, cpu, cuda or mps (``--device``)."""
+    workers: int | None = None
+    """DataLoader worker processes (``--workers``); defaults to the core count, at most 4."""
+    warmup_epochs: float = 1.0
+    """Linear warmup length, in epochs (``--warmup-epochs``)."""
+    label_smoothing: float = 0.0
+    """Pull BCE targets towards 0.5 by this amount (``--label-smoothing``)."""
+    lp_epochs: int = 0
+    """Linear-probe epochs (backbone frozen) before fine-tuning: LP-FT (``--lp-epochs``)."""
+    tta: bool = False
+    """Average the prediction with a horizontally flipped copy at test time (``--tta``)."""
+    half: bool = False
+    """Store the weights in fp16, half the size (``--half``)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.img_size is not None and not MIN_INPUT_SIZE <= self.img_size <= MAX_INPUT_SIZE:
+            raise ConfigError(
+                f"--img-size must be between {MIN_INPUT_SIZE} and {MAX_INPUT_SIZE}, "
+                f"got {self.img_size}"
+            )
+        if self.patience < 0:
+            raise ConfigError(f"--patience must be >= 0, got {self.patience}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lp_epochs < 0:
+            raise ConfigError(f"--lp-epochs must be >= 0, got {self.lp_epochs}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.weights is not None and self.init is not None:
+            raise ConfigError("--weights and --init both say where to start: give one")
+        if self.name is not None:
+            check_name(self.name)
+
+
+@dataclass
+class EpochStats:
+    """One epoch's numbers, as shown in the per-epoch table."""
+
+    epoch: int
+    phase: str
+    train_loss: float
+    val_loss: float | None
+    val_accuracy: float | None
+    val_precision: float | None
+    val_recall: float | None
+    val_f1: float | None
+    lr: float
+    seconds: float
+    images_per_second: float
+    improved: bool
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` produced."""
+
+    name: str
+    path: Path
+    arch: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    threshold: float
+    val_metrics: BinaryMetrics | None
+    history: list[EpochStats]
+    counts: dict[str, dict[str, int]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "arch": self.arch,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "threshold": self.threshold,
+            "val_metrics": self.val_metrics.to_dict() if self.val_metrics else None,
+            "history": [asdict(h) for h in self.history],
+            "counts": self.counts,
+            "skipped": [{"path": p, "error": e} for p, e in self.skipped],
+            "seconds": self.seconds,
+        }
+
+
+class TrainReporter:
+    """Receives progress; the default one says nothing. The CLI draws bars and tables."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Called once with the model, data and device in use."""
+
+    def on_epoch_start(self, epoch: int, total: int, steps: int, phase: str) -> None:
+        """Called before each epoch with its number of steps."""
+
+    def on_step(self, loss: float) -> None:
+        """Called after each optimisation step with the batch loss."""
+
+    def on_epoch_end(self, stats: EpochStats) -> None:
+        """Called after each epoch's validation."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _build_start(cfg: TrainConfig) -> tuple[Any, DataConfig, dict[str, Any]]:
+    """The model to train, its preprocessing, and where its weights came from."""
+    if cfg.init is not None:
+        base = load_model(cfg.init)
+        if cfg.arch not in (DEFAULT_ARCH, base.meta.arch):
+            raise ConfigError(
+                f"--arch {cfg.arch} differs from the --init model's {base.meta.arch}",
+                hint="leave --arch out: --init keeps the model's own architecture",
+            )
+        if cfg.img_size is not None and cfg.img_size != base.meta.data_config.input_size:
+            raise ConfigError(
+                f"--img-size {cfg.img_size} differs from the --init model's "
+                f"{base.meta.data_config.input_size}",
+                hint="leave --img-size out: --init keeps the model's own preprocessing",
+            )
+        model = base.model.float()
+        origin = {"init": base.name, "init_path": str(base.path), "arch": base.meta.arch}
+        return model, base.meta.data_config, origin
+    check_arch(cfg.arch)
+    pretrained = cfg.pretrained and cfg.weights is None
+    model = create_model(cfg.arch, pretrained=pretrained, weights=cfg.weights)
+    origin = {
+        "weights": str(cfg.weights) if cfg.weights else ("timm-imagenet" if pretrained else None)
+    }
+    return model, resolve_data_config(model, cfg.img_size), origin
+
+
+def _freeze_backbone(model: Any, frozen: bool) -> list[Any]:
+    """Freeze or unfreeze all but the classifier; return the trainable parameters."""
+    head = model.get_classifier()
+    head_ids = {id(p) for p in head.parameters()}
+    for p in model.parameters():
+        p.requires_grad = (not frozen) or id(p) in head_ids
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _validate(
+    model: Any, loader: Any, device: str, loss_fn: Any
+) -> tuple[float, list[float], list[int]]:
+    import torch
+
+    model.eval()
+    total, n, probs, labels = 0.0, 0, [], []
+    with torch.inference_mode():
+        for x, y in loader:
+            x = x.to(device)
+            if device == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device).float()
+            logits = model(x).float().reshape(-1)
+            total += loss_fn(logits, y).item() * len(y)
+            n += len(y)
+            probs += torch.sigmoid(logits).tolist()
+            labels += [int(v) for v in y.tolist()]
+    return (total / n if n else float("nan")), probs, labels
+
+
+def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResult:
+    """Train a model and save the best epoch's weights to ``<data dir>/models/<name>/``.
+
+    Early stopping watches the validation F1 (ties broken by validation loss). After training,
+    the decision threshold with the best validation F1 is stored in the checkpoint.
+
+    Raises:
+        DatasetNotFoundError, DatasetLayoutError: no usable data.
+        UnknownArchError, WeightsError: the model can't be built as asked.
+        ConfigError: options that make no sense together.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    reporter = reporter or TrainReporter()
+    started = time.perf_counter()
+    device = pick_device(cfg.device)
+    name = cfg.name or f"{cfg.init or cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    check_name(name)
+    folder = models_dir() / name
+    if folder.exists() and not cfg.overwrite:
+        raise ConfigError(
+            f"a model named {name!r} already exists at {folder}",
+            hint="choose another --name, or pass --overwrite to replace it",
+        )
+
+    data_root = resolve_data_root(cfg.data)
+    splits = find_dataset(data_root, seed=cfg.seed)
+    if not splits.train:
+        raise DatasetLayoutError(f"no training images in {data_root}", hint="check --data")
+    if len({s.label for s in splits.train}) < 2:
+        raise DatasetLayoutError(
+            f"the training images in {data_root} are all of one class",
+            hint="a classifier needs both smoking_ and notsmoking_ examples",
+        )
+
+    seed_everything(cfg.seed)
+    model, data_cfg, origin = _build_start(cfg)
+    arch = origin.get("arch", cfg.arch)
+    model.to(device)
+    if device == "cpu":
+        model.to(memory_format=torch.channels_last)
+
+    max_side = max(2 * data_cfg.input_size, 256)
+
+    def warn_skip(err: Exception) -> None:
+        log.warning("skipped %s", err)
+
+    train_items, train_report = decode_all(splits.train, max_side=max_side, on_skip=warn_skip)
+    val_items, val_report = decode_all(splits.val, max_side=max_side, on_skip=warn_skip)
+    skipped = train_report.skipped + val_report.skipped
+    if len({label for _, label in train_items}) < 2:
+        raise DatasetLayoutError(
+            f"after skipping {len(train_report.skipped)} unreadable files, the training images "
+            "do not hold both classes"
+        )
+
+    workers = cfg.workers if cfg.workers is not None else min(4, os.cpu_count() or 1)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        DecodedDataset(train_items, train_transform(data_cfg)),  # type: ignore[arg-type]
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(train_items) > cfg.batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=generator,
+        pin_memory=device == "cuda",
+    )
+    val_loader = DataLoader(
+        DecodedDataset(val_items, eval_transform(data_cfg)),  # type: ignore[arg-type]
+        batch_size=max(cfg.batch_size, 64),
+        shuffle=False,
+        num_workers=0,
+    )
+
+    reporter.on_start(
+        {
+            "name": name,
+            "arch": arch,
+            "device": device,
+            "data": str(splits.root),
+            "layout": splits.layout,
+            "counts": splits.counts(),
+            "input_size": data_cfg.input_size,
+            "origin": origin,
+            "notes": splits.notes,
+            "skipped": len(skipped),
+        }
+    )
+
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    use_amp = device == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    smooth = cfg.label_smoothing
+
+    meta = ModelMeta(
+        arch=arch,
+        data_config=data_cfg,
+        tta="hflip" if cfg.tta else None,
+        data_fingerprint={
+            **fingerprint([*splits.train, *splits.val], splits.root),
+            "root": str(splits.root),
+        },
+        seed=cfg.seed,
+        train_args={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        provenance=origin,
+    )
+
+    history: list[EpochStats] = []
+    best: tuple[float, float] | None = None
+    best_epoch, stale, stopped_early = 0, 0, False
+    phases = [("probe", cfg.lp_epochs)] if cfg.lp_epochs else []
+    phases.append(("finetune", cfg.epochs))
+    epoch = 0
+    for phase, n_epochs in phases:
+        params = _freeze_backbone(model, frozen=phase == "probe")
+        lr = cfg.lr * 10 if phase == "probe" else cfg.lr
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = max(1, len(train_loader))
+        total_steps = steps_per_epoch * n_epochs
+        warmup = int(cfg.warmup_epochs * steps_per_epoch) if phase == "finetune" else 0
+
+        def schedule(step: int, warmup: int = warmup, total_steps: int = total_steps) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        for _ in range(n_epochs):
+            epoch += 1
+            reporter.on_epoch_start(epoch, cfg.lp_epochs + cfg.epochs, steps_per_epoch, phase)
+            model.train()
+            if phase == "probe":
+                model.eval()  # frozen BN statistics while only the head learns
+            t0 = time.perf_counter()
+            running, seen = 0.0, 0
+            for x, y in train_loader:
+                x = x.to(device, non_blocking=True)
+                if device == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = y.to(device).float()
+                target = y * (1 - smooth) + 0.5 * smooth
+                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+                    logits = model(x).float().reshape(-1)
+                    loss = loss_fn(logits, target)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                running += loss.item() * len(y)
+                seen += len(y)
+                reporter.on_step(loss.item())
+            train_seconds = time.perf_counter() - t0
+            train_loss = running / max(1, seen)
+
+            if val_items:
+                val_loss, probs, labels = _validate(model, val_loader, device, loss_fn)
+                m = binary_metrics(labels, probs, 0.5)
+                key = (m.f1, -val_loss)
+                improved = phase == "finetune" and (best is None or key > best)
+            else:
+                val_loss, m, improved = None, None, phase == "finetune"
+                key = (0.0, 0.0)
+            if improved:
+                best, best_epoch, stale = key, epoch, 0
+                meta.val_metrics = m.to_dict() if m else {}
+                save_model(folder, model, meta, half=cfg.half)
+            elif phase == "finetune":
+                stale += 1
+            stats = EpochStats(
+                epoch=epoch,
+                phase=phase,
+                train_loss=train_loss,
+                val_loss=val_loss,
+                val_accuracy=m.accuracy if m else None,
+                val_precision=m.precision if m else None,
+                val_recall=m.recall if m else None,
+                val_f1=m.f1 if m else None,
+                lr=optimizer.param_groups[0]["lr"],
+                seconds=time.perf_counter() - t0,
+                images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
+                improved=improved,
+            )
+            history.append(stats)
+            reporter.on_epoch_end(stats)
+            if phase == "finetune" and cfg.patience and stale >= cfg.patience:
+                stopped_early = True
+                break
+
+    # Pick the threshold on exactly what eval/predict will compute: the saved model, reloaded.
+    threshold, val_metrics = 0.5, None
+    if splits.val:
+        loaded = load_model(folder, device=device)
+        scored = list(score_files(loaded, [s.path for s in splits.val], device=device, workers=0))
+        ok = [
+            (s, sc) for s, sc in zip(splits.val, scored, strict=True) if sc.probability is not None
+        ]
+        labels = [s.label for s, _ in ok]
+        probs = [sc.probability for _, sc in ok if sc.probability is not None]
+        threshold = best_threshold(labels, probs)
+        val_metrics = binary_metrics(labels, probs, threshold)
+        meta = loaded.meta
+        meta.threshold = threshold
+        meta.val_metrics = val_metrics.to_dict()
+        atomic_write_json(folder / META_FILE, meta.to_dict())
+
+    return TrainResult(
+        name=name,
+        path=folder,
+        arch=arch,
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        stopped_early=stopped_early,
+        threshold=threshold,
+        val_metrics=val_metrics,
+        history=history,
+        counts=splits.counts(),
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,217 @@
+"""End to end: train a tiny model through the CLI, then evaluate it."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAIN_ARGS
+
+from smokerdet.checkpoint import load_model
+from smokerdet.cli import app
+from smokerdet.data import find_dataset
+from smokerdet.evaluate import evaluate
+from smokerdet.metrics import binary_metrics
+from smokerdet.model import create_model
+
+
+@pytest.mark.parametrize("layout", ["flat", "archive"])
+def test_train_then_eval_json_matches_metrics(runner, smokerdet_home, layout, request):
+    data = request.getfixturevalue(f"{layout}_data")
+    result = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(data), "--name", "m1"])
+    assert result.exit_code == 0, result.output
+    assert "Saved to" in result.stdout
+
+    folder = smokerdet_home / "models" / "m1"
+    assert (folder / "model.safetensors").is_file()
+    meta = json.loads((folder / "model.json").read_text())
+    for key in (
+        "arch",
+        "data_config",
+        "threshold",
+        "class_names",
+        "val_metrics",
+        "data_fingerprint",
+        "seed",
+        "versions",
+        "created",
+        "weights_sha256",
+    ):
+        assert key in meta, key
+    assert meta["arch"] == "resnet10t"
+    assert meta["data_config"]["input_size"] == 32
+    assert set(meta["data_config"]) >= {"mean", "std", "interpolation", "crop_pct"}
+    assert meta["class_names"] == ["not_smoking", "smoking"]
+    assert set(meta["versions"]) == {"smokerdet", "torch", "timm"}
+    assert meta["data_fingerprint"]["n_files"] > 0
+    assert 0.0 <= meta["threshold"] <= 1.0
+
+    split = "test"
+    result = runner.invoke(app, ["eval", "--data", str(data), "--split", split, "--json"])
+    assert result.exit_code == 0, result.output
+    reported = json.loads(result.stdout)
+
+    report = evaluate(data=data, split=split)
+    ys = [y for _, y, _ in report.probabilities]
+    ps = [p for _, _, p in report.probabilities]
+    expected = binary_metrics(ys, ps, meta["threshold"])
+    for key in ("accuracy", "precision", "recall", "f1", "specificity", "roc_auc", "tp", "fp"):
+        assert reported[key] == pytest.approx(getattr(expected, key)), key
+    assert reported["n"] == len(ys) == len(find_dataset(data).test) > 0
+
+
+def test_eval_table_output(runner, model_copy, flat_data):
+    result = runner.invoke(app, ["eval", "--data", str(flat_data), "--split", "all"])
+    assert result.exit_code == 0, result.output
+    for word in ("accuracy", "precision", "recall", "f1", "roc_auc", "Confusion matrix"):
+        assert word in result.stdout
+
+
+def test_same_seed_same_metrics(runner, flat_data):
+    outs = []
+    for name in ("a", "b"):
+        r = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--name", name, "--json"])
+        assert r.exit_code == 0, r.output
+        outs.append(json.loads(r.stdout))
+    assert [h["train_loss"] for h in outs[0]["history"]] == [
+        h["train_loss"] for h in outs[1]["history"]
+    ]
+    assert outs[0]["val_metrics"] == outs[1]["val_metrics"]
+
+
+def test_weights_file_really_loads(tmp_path):
+    torch.manual_seed(7)
+    source = create_model("resnet10t")
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    torch.save(sd, tmp_path / "w.pth")
+    for f in ("w.safetensors", "w.pth"):
+        model = create_model("resnet10t", weights=tmp_path / f)
+        got = model.state_dict()
+        for k, v in sd.items():
+            if not k.startswith("fc."):
+                assert torch.equal(got[k], v), k
+        assert tuple(got["fc.weight"].shape) == (1, 512)
+
+
+def test_weights_for_the_wrong_arch_names_the_tensor(runner, tmp_path, flat_data):
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in create_model("resnet18").state_dict().items()}
+    save_file(sd, str(tmp_path / "r18.safetensors"))
+    r = runner.invoke(
+        app, [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--weights", str(tmp_path / "r18.safetensors")]
+    )
+    assert r.exit_code == 1
+    assert "does not fit resnet10t" in r.stderr
+    assert "Hint: check that --arch matches" in r.stderr
+
+
+def test_pickled_pth_is_refused(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"x": Payload()}))
+    from smokerdet.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        create_model("resnet10t", weights=tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_pretrained_unavailable_offline_fails_with_hint(runner, flat_data):
+    r = runner.invoke(app, ["train", "--arch", "resnet10t", "--data", str(flat_data)])
+    assert r.exit_code == 1
+    assert "Error: ImageNet weights for resnet10t" in r.stderr
+    assert "smokerdet download weights resnet10t" in r.stderr
+    assert "--no-pretrained" in r.stderr
+
+
+def test_init_starts_from_the_given_weights(runner, model_copy, flat_data):
+    from smokerdet.train import TrainConfig, _build_start
+
+    model, data_cfg, origin = _build_start(TrainConfig(init=str(model_copy)))
+    base = load_model(model_copy)
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert data_cfg == base.meta.data_config and origin["init"] == "tiny"
+
+    r = runner.invoke(
+        app,
+        ["train", "--init", str(model_copy), "--data", str(flat_data), "--epochs", "1",
+         "--workers", "0", "--name", "site", "--batch-size", "8"],
+    )
+    assert r.exit_code == 0, r.output
+    assert "from model tiny" in r.stderr
+    assert load_model("site").meta.arch == "resnet10t"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "Error: --epochs must be at least 1, got 0"),
+        (["--lr", "-1"], "Error: --lr must be a positive number"),
+        (["--img-size", "100000"], "Error: --img-size must be between 16 and 1024"),
+        (["--name", "../escape"], "Error: --name '../escape' is not allowed"),
+        (["--name", "latest"], "Error: --name 'latest' is not allowed"),
+    ],
+)
+def test_bad_options_exit_2_naming_the_flag(runner, flat_data, args, message):
+    r = runner.invoke(app, ["train", "--no-pretrained", "--data", str(flat_data), *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr
+
+
+def test_unknown_arch_lists_close_matches(runner, flat_data):
+    r = runner.invoke(app, ["train", "--arch", "resnet51", "--data", str(flat_data)])
+    assert r.exit_code == 1
+    assert "Error: unknown architecture for --arch: 'resnet51'" in r.stderr
+    assert "resnet50" in r.stderr
+
+
+def test_no_data_says_download_or_data(runner):
+    r = runner.invoke(app, ["train", "--no-pretrained"])
+    assert r.exit_code == 1
+    assert "Error: no dataset given and none downloaded" in r.stderr
+    assert "smokerdet download" in r.stderr and "--data" in r.stderr
+
+
+def test_existing_name_is_refused_without_overwrite(runner, model_copy, flat_data):
+    r = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--name", "tiny"])
+    assert r.exit_code == 2
+    assert "a model named 'tiny' already exists" in r.stderr
+    assert "--overwrite" in r.stderr
+
+
+def test_corrupt_training_files_are_skipped_and_counted(runner, archive_data):
+    train_dir = archive_data / "Training" / "Training"
+    (train_dir / "smoking_bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (train_dir / "notsmoking_empty.jpg").write_bytes(b"")
+    r = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(archive_data), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert sorted(Path(s["path"]).name for s in out["skipped"]) == [
+        "notsmoking_empty.jpg",
+        "smoking_bad.jpg",
+    ]
+    assert r.stderr.count("Warning: skipped") == 2
+
+
+def test_eval_empty_split_and_missing_model(runner, model_copy, tmp_path):
+    from conftest import write_archive_layout
+
+    data = write_archive_layout(tmp_path / "d", {"Training": 3, "Validation": 2})
+    r = runner.invoke(app, ["eval", "--data", str(data), "--split", "test"])
+    assert r.exit_code == 1
+    assert "Error: the test split of" in r.stderr and "is empty" in r.stderr
+    r = runner.invoke(app, ["eval", "--data", str(data), "--model", "nope"])
+    assert r.exit_code == 1
+    assert "Error: no model named or at 'nope'" in r.stderr
+    assert "known models: tiny" in r.stderr

@@ -60,13 +60,14 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
+        metavar="NAME|PATH",
         help="Model name, folder, 'latest' or 'default'. Default: the latest trained model, "
         "else the model shipped with smokerdet.",
     ),
 ]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", "-d", help="Dataset folder. Default: the downloaded dataset."),
+    typer.Option("--data", "-d", metavar="DIR", help="Dataset folder. Default: the downloaded dataset."),
 ]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
@@ -138,6 +139,8 @@ def info(json_out: JsonOpt = False) -> None:
     """Show versions, the device, the data dir and the models found there.
 
     Example:
+
+    \b
         smokerdet info --json
     """
     from smokerdet.info import gather_info
@@ -149,7 +152,7 @@ def info(json_out: JsonOpt = False) -> None:
 
 @command("train")
 def train(
-    arch: Annotated[str, typer.Option("--arch", "-a", help="Any timm model name.")] = "resnet50",
+    arch: Annotated[str, typer.Option("--arch", "-a", metavar="ARCH", help="Any timm model name.")] = "resnet50",
     data: DataOpt = None,
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Maximum fine-tuning epochs.")] = 20,
     batch_size: BatchOpt = 32,
@@ -167,19 +170,20 @@ def train(
     ] = True,
     weights: Annotated[
         Path | None,
-        typer.Option("--weights", help="Local backbone state dict (.safetensors or .pth)."),
+        typer.Option("--weights", metavar="FILE", help="Local backbone state dict (.safetensors or .pth)."),
     ] = None,
     init: Annotated[
         str | None,
         typer.Option(
             "--init",
+            metavar="default|NAME|PATH",
             help="Fine-tune an existing smokerdet model: 'default', a name or a path. "
             "Keeps its architecture and preprocessing.",
         ),
     ] = None,
     seed: SeedOpt = 42,
     name: Annotated[
-        str | None, typer.Option("--name", help="Model name. Default: ARCH-TIMESTAMP.")
+        str | None, typer.Option("--name", metavar="NAME", help="Model name. Default: ARCH-TIMESTAMP.")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing model of that --name.")
@@ -206,6 +210,8 @@ def train(
     validation split.
 
     Example:
+
+    \b
         smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
     """
     from smokerdet.render import RichTrainReporter, print_json, render_train
@@ -256,6 +262,8 @@ def eval_(
     Smoking is the positive class. No augmentation; the checkpoint's own preprocessing.
 
     Example:
+
+    \b
         smokerdet eval --data ./smoker-detection --split val --json
     """
     from smokerdet.evaluate import EvalConfig, evaluate
@@ -280,7 +288,7 @@ def eval_(
 def predict(
     paths: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders, glob patterns, or - to read paths from stdin."),
+        typer.Argument(metavar="PATH", help="Image files, folders, glob patterns, or - to read paths from stdin."),
     ],
     model: ModelOpt = None,
     threshold: ThresholdOpt = None,
@@ -291,7 +299,7 @@ def predict(
         bool, typer.Option("--json", help="Write JSON Lines on stdout, one object per image.")
     ] = False,
     csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")
+        Path | None, typer.Option("--csv", metavar="FILE", help="Also write the rows to this CSV file.")
     ] = None,
     only: Annotated[
         Only | None, typer.Option("--only", help="Show only images with this label.")
@@ -302,10 +310,19 @@ def predict(
 ) -> None:
     """Label photos as smoking or not smoking.
 
-    Exit codes: 0 every image got a label; 1 bad usage or no usable input;
-    3 some images failed (their rows say why) while others were labelled.
+    Prints a table (or JSON Lines with --json) with each image's label and p(smoking).
+    A broken or missing file becomes a row with its error; the run goes on.
+
+    \b
+    Exit codes:
+      0  every image got a label
+      1  no usable input at all, or another error
+      2  bad usage
+      3  some images failed (their rows say why), the others were labelled
 
     Example:
+
+    \b
         smokerdet predict photos/ --json | jq 'select(.label == "smoking") | .path'
     """
     from smokerdet.errors import ConfigError

@@ -95,7 +95,6 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
     elif overrides:
         cfg = EvalConfig(**{**cfg.__dict__, **overrides})
     device = pick_device(cfg.device)
-    loaded = load_model(cfg.model, device=device)
     data_root = resolve_data_root(cfg.data)
     splits = find_dataset(data_root, seed=cfg.seed)
     samples = splits.get(cfg.split)
@@ -105,6 +104,7 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
             f"the {cfg.split} split of {splits.root} is empty (images per split: {counts})",
             hint="choose another --split",
         )
+    loaded = load_model(cfg.model, device=device)
     threshold = loaded.meta.threshold if cfg.threshold is None else cfg.threshold
     probabilities: list[tuple[str, int, float]] = []
     skipped: list[tuple[str, str]] = []

@@ -66,12 +66,25 @@ def create_model(
     if pretrained and weights:
         raise WeightsError("use either --pretrained or --weights, not both")
     model = timm.create_model(arch, pretrained=False, num_classes=1)
+    reset_head(model)
     if pretrained:
         load_backbone_weights(model, pretrained_weights_file(model))
-        return model
-    if weights:
+    elif weights:
         load_backbone_weights(model, weights)
     return model
+
+
+def reset_head(model: Any) -> None:
+    """Zero the single-logit head, so training starts at p = 0.5 for every image.
+
+    Some timm inits scale by 1/sqrt(fan_out), which for one output draws weights from
+    U(-1, 1): initial logits of +-10 and a first epoch spent undoing them.
+    """
+    import torch
+
+    head = model.get_classifier()
+    for p in head.parameters():
+        torch.nn.init.zeros_(p)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

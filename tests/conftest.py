@@ -67,7 +67,9 @@ def write_class_folders(root: Path, splits: bool = True, n: int = 6) -> Path:
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                synthetic_image(label, zlib.crc32(f"{split}-{name}-{i}".encode())).save(folder / f"img{i}.png")
+                synthetic_image(label, zlib.crc32(f"{split}-{name}-{i}".encode())).save(
+                    folder / f"img{i}.png"
+                )
     return root
 
 

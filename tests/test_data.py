@@ -3,7 +3,13 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, synthetic_image, write_archive_layout, write_class_folders, write_flat
+from conftest import (
+    EXAMPLES,
+    synthetic_image,
+    write_archive_layout,
+    write_class_folders,
+    write_flat,
+)
 from PIL import Image
 
 from smokerdet.data import (

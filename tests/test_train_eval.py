@@ -70,7 +70,9 @@ def test_eval_table_output(runner, model_copy, flat_data):
 def test_same_seed_same_metrics(runner, flat_data):
     outs = []
     for name in ("a", "b"):
-        r = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--name", name, "--json"])
+        r = runner.invoke(
+            app, [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--name", name, "--json"]
+        )
         assert r.exit_code == 0, r.output
         outs.append(json.loads(r.stdout))
     assert [h["train_loss"] for h in outs[0]["history"]] == [
@@ -102,7 +104,14 @@ def test_weights_for_the_wrong_arch_names_the_tensor(runner, tmp_path, flat_data
     sd = {k: v.contiguous() for k, v in create_model("resnet18").state_dict().items()}
     save_file(sd, str(tmp_path / "r18.safetensors"))
     r = runner.invoke(
-        app, [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--weights", str(tmp_path / "r18.safetensors")]
+        app,
+        [
+            *TINY_TRAIN_ARGS,
+            "--data",
+            str(flat_data),
+            "--weights",
+            str(tmp_path / "r18.safetensors"),
+        ],
     )
     assert r.exit_code == 1
     assert "does not fit resnet10t" in r.stderr
@@ -145,8 +154,21 @@ def test_init_starts_from_the_given_weights(runner, model_copy, flat_data):
 
     r = runner.invoke(
         app,
-        ["train", "--init", str(model_copy), "--data", str(flat_data), "--epochs", "1",
-         "--workers", "0", "--name", "site", "--batch-size", "8"],
+        [
+            "train",
+            "--init",
+            str(model_copy),
+            "--data",
+            str(flat_data),
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--name",
+            "site",
+            "--batch-size",
+            "8",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "from model tiny" in r.stderr

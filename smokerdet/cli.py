@@ -67,7 +67,9 @@ ModelOpt = Annotated[
 ]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", "-d", metavar="DIR", help="Dataset folder. Default: the downloaded dataset."),
+    typer.Option(
+        "--data", "-d", metavar="DIR", help="Dataset folder. Default: the downloaded dataset."
+    ),
 ]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
@@ -152,7 +154,9 @@ def info(json_out: JsonOpt = False) -> None:
 
 @command("train")
 def train(
-    arch: Annotated[str, typer.Option("--arch", "-a", metavar="ARCH", help="Any timm model name.")] = "resnet50",
+    arch: Annotated[
+        str, typer.Option("--arch", "-a", metavar="ARCH", help="Any timm model name.")
+    ] = "resnet50",
     data: DataOpt = None,
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Maximum fine-tuning epochs.")] = 20,
     batch_size: BatchOpt = 32,
@@ -170,7 +174,9 @@ def train(
     ] = True,
     weights: Annotated[
         Path | None,
-        typer.Option("--weights", metavar="FILE", help="Local backbone state dict (.safetensors or .pth)."),
+        typer.Option(
+            "--weights", metavar="FILE", help="Local backbone state dict (.safetensors or .pth)."
+        ),
     ] = None,
     init: Annotated[
         str | None,
@@ -183,7 +189,8 @@ def train(
     ] = None,
     seed: SeedOpt = 42,
     name: Annotated[
-        str | None, typer.Option("--name", metavar="NAME", help="Model name. Default: ARCH-TIMESTAMP.")
+        str | None,
+        typer.Option("--name", metavar="NAME", help="Model name. Default: ARCH-TIMESTAMP."),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing model of that --name.")
@@ -288,7 +295,10 @@ def eval_(
 def predict(
     paths: Annotated[
         list[str],
-        typer.Argument(metavar="PATH", help="Image files, folders, glob patterns, or - to read paths from stdin."),
+        typer.Argument(
+            metavar="PATH",
+            help="Image files, folders, glob patterns, or - to read paths from stdin.",
+        ),
     ],
     model: ModelOpt = None,
     threshold: ThresholdOpt = None,
@@ -299,7 +309,8 @@ def predict(
         bool, typer.Option("--json", help="Write JSON Lines on stdout, one object per image.")
     ] = False,
     csv_path: Annotated[
-        Path | None, typer.Option("--csv", metavar="FILE", help="Also write the rows to this CSV file.")
+        Path | None,
+        typer.Option("--csv", metavar="FILE", help="Also write the rows to this CSV file."),
     ] = None,
     only: Annotated[
         Only | None, typer.Option("--only", help="Show only images with this label.")

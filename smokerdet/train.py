@@ -245,6 +245,62 @@ def _freeze_backbone(model: Any, frozen: bool) -> list[Any]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def make_train_loader(
+    items: list[tuple[Any, int]],
+    data_cfg: DataConfig,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    device: str,
+) -> Any:
+    """The augmenting, shuffling, seeded DataLoader over decoded training images."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        DecodedDataset(items, train_transform(data_cfg)),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(items) > batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device == "cuda",
+    )
+
+
+class Stepper:
+    """One optimisation step: BCE-with-logits (optionally label-smoothed), AMP on CUDA."""
+
+    def __init__(self, model: Any, optimizer: Any, device: str, label_smoothing: float = 0.0):
+        import torch
+
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.smooth = label_smoothing
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.amp = device == "cuda"
+        bf16 = self.amp and torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not bf16)
+
+    def __call__(self, x: Any, y: Any) -> float:
+        """Forward, backward and update on one batch; returns the batch loss."""
+        import torch
+
+        x = x.to(self.device, non_blocking=True)
+        if self.device == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = y.to(self.device).float() * (1 - self.smooth) + 0.5 * self.smooth
+        with torch.autocast(device_type="cuda", dtype=self.amp_dtype, enabled=self.amp):
+            logits = self.model(x).float().reshape(-1)
+            loss = self.loss_fn(logits, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.item())
+
+
 def _validate(
     model: Any, loader: Any, device: str, loss_fn: Any
 ) -> tuple[float, list[float], list[int]]:
@@ -324,16 +380,8 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
         )
 
     workers = cfg.workers if cfg.workers is not None else min(4, os.cpu_count() or 1)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(
-        DecodedDataset(train_items, train_transform(data_cfg)),  # type: ignore[arg-type]
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(train_items) > cfg.batch_size,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        generator=generator,
-        pin_memory=device == "cuda",
+    train_loader = make_train_loader(
+        train_items, data_cfg, cfg.batch_size, workers, cfg.seed, device
     )
     val_loader = DataLoader(
         DecodedDataset(val_items, eval_transform(data_cfg)),  # type: ignore[arg-type]
@@ -358,10 +406,6 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
     )
 
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    use_amp = device == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    smooth = cfg.label_smoothing
 
     meta = ModelMeta(
         arch=arch,
@@ -397,6 +441,7 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        step = Stepper(model, optimizer, device, cfg.label_smoothing)
         for _ in range(n_epochs):
             epoch += 1
             reporter.on_epoch_start(epoch, cfg.lp_epochs + cfg.epochs, steps_per_epoch, phase)
@@ -406,22 +451,11 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
             t0 = time.perf_counter()
             running, seen = 0.0, 0
             for x, y in train_loader:
-                x = x.to(device, non_blocking=True)
-                if device == "cpu":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = y.to(device).float()
-                target = y * (1 - smooth) + 0.5 * smooth
-                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
-                    logits = model(x).float().reshape(-1)
-                    loss = loss_fn(logits, target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                loss = step(x, y)
                 scheduler.step()
-                running += loss.item() * len(y)
+                running += loss * len(y)
                 seen += len(y)
-                reporter.on_step(loss.item())
+                reporter.on_step(loss)
             train_seconds = time.perf_counter() - t0
             train_loss = running / max(1, seen)
 

@@ -90,6 +90,6 @@ def test_missing_weights_and_bad_json_through_the_cli(runner, model_copy, tmp_pa
     assert r.exit_code == 1
     assert f"Error: {broken} has no model.safetensors" in r.stderr
     (broken / "model.json").write_text("{not json")
-    r = runner.invoke(app, ["eval", "--model", str(broken), "--data", str(tmp_path)])
+    r = runner.invoke(app, ["eval", "--model", str(broken), "--data", str(EXAMPLES)])
     assert r.exit_code == 1
     assert "is not valid JSON" in r.stderr

@@ -233,7 +233,7 @@ def test_eval_empty_split_and_missing_model(runner, model_copy, tmp_path):
     r = runner.invoke(app, ["eval", "--data", str(data), "--split", "test"])
     assert r.exit_code == 1
     assert "Error: the test split of" in r.stderr and "is empty" in r.stderr
-    r = runner.invoke(app, ["eval", "--data", str(data), "--model", "nope"])
+    r = runner.invoke(app, ["eval", "--data", str(data), "--split", "val", "--model", "nope"])
     assert r.exit_code == 1
     assert "Error: no model named or at 'nope'" in r.stderr
     assert "known models: tiny" in r.stderr

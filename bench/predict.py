@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""How fast is ``smokerdet predict`` against what the hardware allows?
+
+Measures, for one model (architecture and input size as stored in it):
+
+1. ``smokerdet predict --json`` end to end on N images (a subprocess: start-up included),
+   with its peak RSS (process plus its DataLoader workers);
+2. a naive loop: PIL open, the model's transform, one forward per image;
+3. the forward pass alone on pre-made tensors, contiguous and channels_last, batch 1 and 32:
+   the ceiling for (1);
+4. the physical limit: the model's FLOPs over the machine's measured fp32 matmul FLOP/s;
+
+and optionally bf16 autocast. Prints a table; ``--json FILE`` also writes the numbers.
+
+Example:
+    python bench/predict.py --images 1000 --json bench/results/predict.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from smokerdet.checkpoint import load_model
+from smokerdet.data import eval_transform, find_dataset, load_image
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants, in MB (Linux /proc)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_cli(args: list[str], stdin: str) -> tuple[float, float, int, int]:
+    """Run the CLI; return (seconds, peak tree RSS MB, stdout lines, exit code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smokerdet", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    peak = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss_mb(proc.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate(stdin)
+    seconds = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    return seconds, peak, len(out.splitlines()), proc.returncode
+
+
+def images_list(data: Path, n: int, folder: Path) -> list[Path]:
+    """N image paths: symlinks to the dataset's photos, repeated as needed."""
+    photos = [s.path.resolve() for s in find_dataset(data).get("all")]
+    out = []
+    for i in range(n):
+        link = folder / f"{i:06d}_{photos[i % len(photos)].name}"
+        link.symlink_to(photos[i % len(photos)])
+        out.append(link)
+    return out
+
+
+def matmul_gflops(size: int = 2048, repeat: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return 2 * size**3 * repeat / (time.perf_counter() - t0) / 1e9
+
+
+def model_gflops(model: torch.nn.Module, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.randn(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def forward_rate(model: torch.nn.Module, x: torch.Tensor, seconds: float = 4.0, **amp) -> float:
+    with torch.inference_mode(), torch.autocast("cpu", **amp) if amp else _null():
+        model(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            model(x)
+            n += len(x)
+    return n / (time.perf_counter() - t0)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model name or path (default: active)")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--memory-images", type=int, default=0, help="also a peak-RSS run")
+    parser.add_argument("--naive-images", type=int, default=100)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    loaded = load_model(args.model)
+    model, cfg = loaded.model.eval(), loaded.meta.data_config
+    size = cfg.input_size
+    tta = 2 if loaded.meta.tta == "hflip" else 1
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = images_list(args.data, max(args.images, args.memory_images), Path(tmp))
+        model_args = ["--model", str(loaded.path)]
+        listing = "\n".join(str(p) for p in paths[: args.images])
+        s, rss, lines, rc = run_cli(["predict", "-", "--json", *model_args], listing)
+        assert rc == 0 and lines == args.images, (rc, lines)
+        rows.append({"what": f"smokerdet predict, {args.images} images", "img_s": args.images / s,
+                     "peak_rss_mb": rss})  # fmt: skip
+        one = str(paths[0])
+        s1, rss1, _, _ = run_cli(["predict", one, "--json", *model_args], "")
+        rows.append({"what": "smokerdet predict, 1 image (wall s)", "wall_s": s1,
+                     "peak_rss_mb": rss1})  # fmt: skip
+        if args.memory_images:
+            listing = "\n".join(str(p) for p in paths[: args.memory_images])
+            s, rss, lines, rc = run_cli(["predict", "-", "--json", *model_args], listing)
+            assert rc == 0 and lines == args.memory_images
+            rows.append({"what": f"smokerdet predict, {args.memory_images} images",
+                         "img_s": args.memory_images / s, "peak_rss_mb": rss})  # fmt: skip
+
+        transform = eval_transform(cfg)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for p in paths[: args.naive_images]:
+                x = transform(load_image(p)).unsqueeze(0)
+                torch.sigmoid(model(x))
+                if tta == 2:
+                    model(torch.flip(x, dims=[3]))
+        rows.append({"what": "naive loop (PIL, transform, forward; batch 1)",
+                     "img_s": args.naive_images / (time.perf_counter() - t0)})  # fmt: skip
+
+    best = 0.0
+    for fmt in ("contiguous", "channels_last"):
+        m = model.to(
+            memory_format=torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        )
+        for bs in (1, 32):
+            x = torch.randn(bs, 3, size, size)
+            if fmt == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            rate = forward_rate(m, x) / tta
+            best = max(best, rate)
+            rows.append({"what": f"forward only, {fmt}, batch {bs}", "img_s": rate})
+            if args.bf16 and bs == 32:
+                rate = forward_rate(m, x, dtype=torch.bfloat16) / tta
+                rows.append({"what": f"forward only, {fmt}, batch 32, bf16", "img_s": rate})
+    gflop = model_gflops(model.to(memory_format=torch.contiguous_format), size) * tta
+    peak = matmul_gflops()
+    rows.append({"what": f"physical limit ({gflop:.2f} GFLOP/img at {peak:.0f} GFLOP/s)",
+                 "img_s": peak / gflop})  # fmt: skip
+
+    print(f"model {loaded.name}: {loaded.meta.arch} at {size}px, TTA {loaded.meta.tta}, "
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores")  # fmt: skip
+    print(f"{'what':<52} {'img/s':>8} {'x ceiling':>9} {'peak RSS':>9}")
+    for r in rows:
+        rate = f"{r['img_s']:.1f}" if "img_s" in r else f"{r['wall_s']:.2f}s"
+        ratio = f"{r['img_s'] / best:.2f}" if "img_s" in r else ""
+        rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
+        print(f"{r['what']:<52} {rate:>8} {ratio:>9} {rss:>9}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "date": date.today().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "model": loaded.name, "arch": loaded.meta.arch,
+            "input_size": size, "tta": loaded.meta.tta, "ceiling_img_s": best, "rows": rows,
+        }, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -87,64 +87,37 @@ def reset_head(model: Any) -> None:
         torch.nn.init.zeros_(p)
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub endpoint (``HF_ENDPOINT``) answers a TCP connect quickly.
-
-    Checked before any download so an offline machine fails in seconds, not after minutes of
-    retries.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def weights_tag_of(model: Any) -> str:
+    """The timm weights tag of a model's pretrained config (``resnet50.a1_in1k``)."""
+    hub_id = str(model.pretrained_cfg.get("hf_hub_id") or "")
+    if hub_id:
+        return hub_id.removeprefix("timm/")
+    cfg = model.pretrained_cfg
+    return f"{cfg.get('architecture', 'model')}.{cfg.get('tag') or 'default'}"
 
 
-def pretrained_weights_file(model: Any, *, download: bool = True) -> Path:
-    """Path of the ImageNet weights for ``model`` in smokerdet's weights cache.
+def cached_weights_path(tag: str) -> Path:
+    """Where the weights cache keeps one timm tag's ImageNet weights."""
+    if "/" in tag or "\\" in tag or tag.startswith("."):
+        raise WeightsError(f"not a weights tag: {tag!r}")
+    return weights_dir() / tag / "model.safetensors"
 
-    Looks in the cache (``<data dir>/weights``, a Hugging Face Hub cache) first, and downloads
-    from the Hub (``HF_ENDPOINT`` is honoured) only when it is reachable and ``download`` is set.
+
+def pretrained_weights_file(model: Any) -> Path:
+    """Path of the cached ImageNet weights for ``model``; never touches the network.
 
     Raises:
-        WeightsError: with a hint, when the weights are neither cached nor downloadable.
+        WeightsError: with a hint, when the weights are not in the cache.
     """
-    from huggingface_hub import hf_hub_download
-
     arch = model.pretrained_cfg.get("architecture", "model")
-    hub_id = model.pretrained_cfg.get("hf_hub_id")
-    hint = (
-        f"run `smokerdet download weights {arch}`, pass --weights FILE, "
-        "or train from scratch with --no-pretrained"
-    )
-    if not hub_id:
-        raise WeightsError(f"timm knows no Hub weights for {arch}", hint=hint)
-    cache = weights_dir()
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        try:
-            return Path(hf_hub_download(hub_id, filename, cache_dir=cache, local_files_only=True))
-        except Exception:
-            continue
-    if not download or not hub_reachable():
+    path = cached_weights_path(weights_tag_of(model))
+    if not path.is_file():
         raise WeightsError(
-            f"ImageNet weights for {arch} ({hub_id}) are not in {cache} and the Hub "
-            "can't be reached",
-            hint=hint,
+            f"ImageNet weights for {arch} are not available offline (looked in {path})",
+            hint=f"run `smokerdet download weights {arch}`, pass --weights FILE, "
+            "or train from scratch with --no-pretrained",
         )
-    try:
-        return Path(hf_hub_download(hub_id, "model.safetensors", cache_dir=cache))
-    except Exception as e:
-        raise WeightsError(
-            f"could not download ImageNet weights for {arch} ({hub_id}): {type(e).__name__}",
-            hint=hint,
-        ) from None
+    return path
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:

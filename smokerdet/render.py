@@ -354,3 +354,96 @@ def render_predictions(
         f"{rate:.1f} images/s"
     )
     return summary
+
+
+class DownloadProgress:
+    """A byte progress bar on stderr (size, speed, ETA), shown once bytes flow."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> DownloadProgress:
+        return self
+
+    def update(self, done: int, total: int | None) -> None:
+        if self.progress is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(
+                BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                console=err(), transient=True,
+            )  # fmt: skip
+            self.progress.start()
+            self.task = self.progress.add_task("download", total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def render_download(result: dict[str, Any]) -> None:
+    """What ``smokerdet download`` did, for people."""
+    console = out()
+    ds = result.get("dataset")
+    if ds:
+        if ds["already_present"]:
+            console.print(f"Dataset: already present at {escape(ds['path'])}")
+        else:
+            v = ds["verify"]
+            console.print(f"Dataset: installed at {escape(ds['path'])} from {escape(ds['source'])}")
+            splits = ", ".join(f"{k} {n}" for k, n in v["per_split"].items())
+            console.print(
+                f"  {v['total']} images ({splits}); SHA-256 matched "
+                f"{v['hashes_matched']} of {v['hashes_total']} published files"
+            )
+        for note in ds.get("notes", []):
+            err().print(f"Warning: {escape(note)}")
+    for w in result.get("weights", []):
+        state = "already present" if w["already_present"] else "installed"
+        console.print(f"Weights {w['arch']} ({w['tag']}): {state} at {escape(w['path'])}")
+
+
+def render_download_list(status: dict[str, Any]) -> None:
+    """``smokerdet download --list`` as tables."""
+    console = out()
+    table = Table(title="Dataset sources (tried in this order)", title_justify="left")
+    for col in ("id", "url", "description"):
+        table.add_column(col, overflow="fold")
+    for s in status["sources"]:
+        table.add_row(s["id"], s["url"], s["description"])
+    console.print(table)
+    ds = status["dataset"]
+    state = (
+        f"present, {_size(ds.get('size_bytes'))}, "
+        + ("verified" if ds.get("verified") else "not verified")
+        if ds["present"]
+        else "not present"
+    )
+    console.print(f"Dataset: {escape(ds['path'])} ({state})")
+    table = Table(title="Pretrained weights", title_justify="left")
+    for col in ("arch", "tag", "present", "size", "path"):
+        table.add_column(col, overflow="fold")
+    for w in status["weights"]:
+        table.add_row(
+            w["arch"], w["tag"], "yes" if w["present"] else "no", _size(w["size_bytes"]),
+            escape(w["path"]),
+        )  # fmt: skip
+    console.print(table)

@@ -209,6 +209,10 @@ def train(
     tta: Annotated[
         bool, typer.Option("--tta", help="Store horizontal-flip test-time augmentation.")
     ] = False,
+    ema: Annotated[
+        float,
+        typer.Option("--ema", help="EMA decay per step for the saved weights (0: off, e.g. 0.99)."),
+    ] = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on labelled photos and save it in the data dir.
@@ -245,6 +249,7 @@ def train(
         lp_epochs=lp_epochs,
         label_smoothing=label_smoothing,
         tta=tta,
+        ema=ema,
     )
     result = run_train(cfg, RichTrainReporter())
     print_json(result.to_dict()) if json_out else render_train(result)

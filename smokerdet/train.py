@@ -100,6 +100,9 @@ class TrainConfig:
     """Average the prediction with a horizontally flipped copy at test time (``--tta``)."""
     half: bool = False
     """Store the weights in fp16, half the size (``--half``)."""
+    ema: float = 0.0
+    """Keep an exponential moving average of the weights with this decay per step, and
+    validate and save it; 0 disables (``--ema``)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -121,6 +124,8 @@ class TrainConfig:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not (self.ema == 0 or 0.5 <= self.ema < 1):
+            raise ConfigError(f"--ema must be 0 (off) or a decay in [0.5, 1), got {self.ema}")
         if self.lp_epochs < 0:
             raise ConfigError(f"--lp-epochs must be >= 0, got {self.lp_epochs}")
         if self.warmup_epochs < 0:
@@ -442,6 +447,11 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         step = Stepper(model, optimizer, device, cfg.label_smoothing)
+        ema = None
+        if cfg.ema and phase == "finetune":
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         for _ in range(n_epochs):
             epoch += 1
             reporter.on_epoch_start(epoch, cfg.lp_epochs + cfg.epochs, steps_per_epoch, phase)
@@ -453,14 +463,18 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
             for x, y in train_loader:
                 loss = step(x, y)
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 running += loss * len(y)
                 seen += len(y)
                 reporter.on_step(loss)
             train_seconds = time.perf_counter() - t0
             train_loss = running / max(1, seen)
 
+            # With --ema, the averaged weights are the ones validated and saved.
+            scored_model = ema.module if ema is not None else model
             if val_items:
-                val_loss, probs, labels = _validate(model, val_loader, device, loss_fn)
+                val_loss, probs, labels = _validate(scored_model, val_loader, device, loss_fn)
                 m = binary_metrics(labels, probs, 0.5)
                 key = (m.f1, -val_loss)
                 improved = phase == "finetune" and (best is None or key > best)
@@ -470,7 +484,7 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
             if improved:
                 best, best_epoch, stale = key, epoch, 0
                 meta.val_metrics = m.to_dict() if m else {}
-                save_model(folder, model, meta, half=cfg.half)
+                save_model(folder, scored_model, meta, half=cfg.half)
             elif phase == "finetune":
                 stale += 1
             stats = EpochStats(

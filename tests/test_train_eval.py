@@ -183,6 +183,7 @@ def test_init_starts_from_the_given_weights(runner, model_copy, flat_data):
         (["--img-size", "100000"], "Error: --img-size must be between 16 and 1024"),
         (["--name", "../escape"], "Error: --name '../escape' is not allowed"),
         (["--name", "latest"], "Error: --name 'latest' is not allowed"),
+        (["--ema", "0.2"], "Error: --ema must be 0 (off) or a decay in [0.5, 1), got 0.2"),
     ],
 )
 def test_bad_options_exit_2_naming_the_flag(runner, flat_data, args, message):
@@ -237,3 +238,15 @@ def test_eval_empty_split_and_missing_model(runner, model_copy, tmp_path):
     assert r.exit_code == 1
     assert "Error: no model named or at 'nope'" in r.stderr
     assert "known models: tiny" in r.stderr
+
+
+def test_ema_and_lp_ft_train_and_save(runner, flat_data):
+    r = runner.invoke(
+        app,
+        [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--ema", "0.9", "--lp-epochs", "1", "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [h["phase"] for h in out["history"]] == ["probe", "finetune", "finetune"]
+    assert out["best_epoch"] in (2, 3)
+    assert load_model(out["name"]).meta.train_args["ema"] == 0.9

@@ -1,0 +1,198 @@
+"""A corpus of nasty files: predict, eval and train never crash, never hang, and say why."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import TINY_TRAIN_ARGS, synthetic_image, write_flat
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from smokerdet.cli import app
+from smokerdet.data import DataConfig, eval_transform, load_image
+from smokerdet.errors import ImageLoadError
+
+
+def _jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def _png(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height pixels, with a tiny body: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+def corrupt_huffman(data: bytes) -> bytes:
+    """Scramble the bytes of the JPEG's Huffman tables (DHT segments)."""
+    out = bytearray(data)
+    i = 0
+    while (i := out.find(b"\xff\xc4", i)) != -1:
+        length = struct.unpack(">H", out[i + 2 : i + 4])[0]
+        for j in range(i + 5, i + 2 + length):
+            out[j] = 0xFF
+        i += 2 + length
+    return bytes(out)
+
+
+def build_corpus(folder: Path, prefix: str = "") -> dict[str, str]:
+    """Write the nasty files; return name -> 'ok' (must be labelled) or 'error'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = synthetic_image(1, 1, size=64)
+    jpeg = _jpeg(good)
+    png = _png(good)
+    expect: dict[str, str] = {}
+
+    def put(name: str, data: bytes, outcome: str) -> None:
+        (folder / f"{prefix}{name}").write_bytes(data)
+        expect[f"{prefix}{name}"] = outcome
+
+    put("zero.jpg", b"", "error")
+    put("random.jpg", os.urandom(4096), "error")
+    put("truncated.jpg", jpeg[: len(jpeg) // 2], "error")
+    put("truncated.png", png[: len(png) // 2], "error")
+    put("huffman.jpg", corrupt_huffman(jpeg), "any")  # libjpeg may decode garbage or refuse
+    put("page.jpg", b"<!doctype html><html><body>404 not found</body></html>", "error")
+    put("one_pixel.png", _png(Image.new("RGB", (1, 1), (9, 9, 9))), "ok")
+    put("bomb.png", png_bomb(20000, 20000), "error")
+    put("deep16.png", _png(Image.new("I;16", (40, 30), 30000)), "ok")
+    put("cmyk.jpg", _jpeg(good.convert("CMYK")), "ok")
+    put("progressive.jpg", _jpeg(good, progressive=True), "ok")
+    pal = good.convert("P")
+    put("palette_transparent.png", _png(pal, transparency=0), "ok")
+    put("la.png", _png(good.convert("LA")), "ok")
+    frames = [synthetic_image(i % 2, i, 32) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    put("animated.gif", buf.getvalue(), "ok")
+    buf = io.BytesIO()
+    good.save(buf, format="WEBP")
+    put("photo.webp", buf.getvalue(), "ok")
+    exif = Image.new("RGB", (40, 20)).getexif()
+    exif[0x0112] = 8
+    put("rotated.jpg", _jpeg(good, exif=exif.tobytes()), "ok")
+    put("with space.jpg", jpeg, "ok")
+    put("ünïcødé 写真.jpg", jpeg, "ok")
+    put("quo\"te's.jpg", jpeg, "ok")
+    put("new\nline.jpg", jpeg, "ok")
+    put("comma,semi;colon.jpg", jpeg, "ok")
+    (folder / f"{prefix}dir.jpg").mkdir()
+    os.symlink(folder / f"{prefix}loop.jpg", folder / f"{prefix}loop.jpg")
+    expect[f"{prefix}loop.jpg"] = "error"
+    unreadable = folder / f"{prefix}unreadable.jpg"
+    unreadable.write_bytes(jpeg)
+    unreadable.chmod(0)
+    # root reads anything; everyone else must get an error row
+    expect[f"{prefix}unreadable.jpg"] = "ok" if os.geteuid() == 0 else "error"
+    return expect
+
+
+def test_predict_survives_the_corpus_and_escapes_names(runner, model_copy, tmp_path):
+    expect = build_corpus(tmp_path / "nasty")
+    csv_path = tmp_path / "out.csv"
+    started = time.perf_counter()
+    r = runner.invoke(app, ["predict", str(tmp_path / "nasty"), "--json", "--csv", str(csv_path)])
+    elapsed = time.perf_counter() - started
+    assert r.exit_code == 3, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert (
+        len(r.stdout.splitlines()) == len(rows) == len(expect)
+    )  # one line per file, newlines escaped
+    by_name = {Path(row["path"]).name: row for row in rows}
+    assert set(by_name) == set(expect)
+    for name, outcome in expect.items():
+        row = by_name[name]
+        if outcome == "ok":
+            assert row["error"] is None and row["label"] in ("smoking", "not_smoking"), name
+        elif outcome == "error":
+            assert row["error"] and row["label"] is None, name
+    assert by_name["bomb.png"]["error"].startswith("too large")
+    assert elapsed < 2 * len(expect)
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        parsed = list(csv.DictReader(f))
+    assert {Path(row["path"]).name for row in parsed} == set(expect)
+
+
+def test_eval_and_train_skip_the_corpus_and_report_it(runner, tmp_path):
+    data = write_flat(tmp_path / "data", n_per_class=10)
+    expect = build_corpus(data, prefix="smoking_")
+    r = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(data), "--name", "t", "--json"])
+    assert r.exit_code == 0, r.output
+    skipped = {Path(s["path"]).name for s in json.loads(r.stdout)["skipped"]}
+    assert skipped <= {n for n, o in expect.items() if o != "ok"}
+    r = runner.invoke(app, ["eval", "--data", str(data), "--split", "all", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert {Path(s["path"]).name for s in report["skipped"]} >= {
+        n for n, o in expect.items() if o == "error" and n != "smoking_loop.jpg"
+    }
+    assert report["n"] + len(report["skipped"]) == 20 + len(expect) - 1  # the loop is no file
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_loader_property_random_and_mutated_bytes(tmp_path, data):
+    """Only two outcomes: a correctly shaped tensor, or our own ImageLoadError."""
+    seeds = {
+        "jpg": _jpeg(synthetic_image(1, 2, 24)),
+        "png": _png(synthetic_image(0, 3, 24)),
+        "gif": _png(synthetic_image(0, 4, 24).convert("P")),
+    }
+    kind = data.draw(st.sampled_from(["random", "jpg", "png", "gif"]))
+    if kind == "random":
+        blob = data.draw(st.binary(max_size=2048))
+    else:
+        blob = bytearray(seeds[kind])
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(blob) - 1))
+            blob[i] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(1, len(blob)))
+        blob = bytes(blob[:cut])
+    path = tmp_path / "fuzz.img"
+    path.write_bytes(blob)
+    cfg = DataConfig(input_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    try:
+        x = eval_transform(cfg)(load_image(path))
+    except ImageLoadError:
+        return
+    assert tuple(x.shape) == (3, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["bomb.png"])
+def test_bomb_is_rejected_fast(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(png_bomb(20000, 20000))
+    t0 = time.perf_counter()
+    with pytest.raises(ImageLoadError, match="too large"):
+        load_image(path)
+    assert time.perf_counter() - t0 < 1.0

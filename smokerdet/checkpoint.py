@@ -30,6 +30,7 @@ from smokerdet.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from smokerdet.paths import default_model_dir, models_dir
 
 WEIGHTS_FILE = "model.safetensors"
+PREVIOUS_WEIGHTS_FILE = "model.prev.safetensors"
 META_FILE = "model.json"
 FORMAT_VERSION = 1
 RESERVED_NAMES = {"latest", "default"}
@@ -190,8 +191,22 @@ def save_model(folder: Path, model: Any, meta: ModelMeta, *, half: bool = False)
     meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
     if not meta.versions:
         meta.versions = versions()
-    atomic_write_bytes(folder / WEIGHTS_FILE, blob)
-    atomic_write_json(folder / META_FILE, meta.to_dict())
+    current, previous = folder / WEIGHTS_FILE, folder / PREVIOUS_WEIGHTS_FILE
+    try:
+        # The old weights stay on disk, as model.prev.safetensors, until the new metadata is
+        # in place: a kill at any moment leaves a folder that loads as the old or the new model.
+        if current.exists() and (folder / META_FILE).exists():
+            os.replace(current, previous)
+        atomic_write_bytes(current, blob)
+        atomic_write_json(folder / META_FILE, meta.to_dict())
+        previous.unlink(missing_ok=True)
+    except OSError as e:
+        if previous.exists() and not current.exists():
+            os.replace(previous, current)
+        raise CheckpointError(
+            f"cannot save the model to {folder}: {e.strerror or e}; the previous files are kept",
+            hint="free some disk space or check permissions",
+        ) from None
     return folder
 
 
@@ -267,6 +282,31 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path
     )
 
 
+def _matching_weights(folder: Path, sha256: str) -> tuple[Path, bytes]:
+    """The weights file whose SHA-256 is the one ``model.json`` records.
+
+    ``model.prev.safetensors`` counts too: it is what a save interrupted between writing the
+    new weights and the new metadata leaves behind.
+    """
+    found = False
+    for name in (WEIGHTS_FILE, PREVIOUS_WEIGHTS_FILE):
+        path = folder / name
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        found = True
+        if hashlib.sha256(blob).hexdigest() == sha256:
+            return path, blob
+    if not found:
+        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}")
+    raise CheckpointError(
+        f"{folder / WEIGHTS_FILE} does not match the weights_sha256 in {META_FILE}: "
+        "the folder is torn or was edited",
+        hint="retrain the model or restore both files together",
+    )
+
+
 def load_model(spec: str | os.PathLike[str] | None = None, device: str = "cpu") -> LoadedModel:
     """Load a model folder for inference, checking weights against their metadata.
 
@@ -280,17 +320,7 @@ def load_model(spec: str | os.PathLike[str] | None = None, device: str = "cpu") 
 
     name, folder = resolve_model(spec)
     meta = read_meta(folder)
-    weights_path = folder / WEIGHTS_FILE
-    try:
-        blob = weights_path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}") from None
-    if hashlib.sha256(blob).hexdigest() != meta.weights_sha256:
-        raise CheckpointError(
-            f"{weights_path} does not match the weights_sha256 in {META_FILE}: "
-            "the folder is torn or was edited",
-            hint="retrain the model or restore both files together",
-        )
+    weights_path, blob = _matching_weights(folder, meta.weights_sha256)
     if not timm.is_model(meta.arch):
         raise CheckpointError(
             f"{folder / META_FILE}: field 'arch' names no timm model: {meta.arch!r}"

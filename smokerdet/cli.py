@@ -355,7 +355,7 @@ def predict(
     \b
         smokerdet predict photos/ --json | jq 'select(.label == "smoking") | .path'
     """
-    from smokerdet.errors import ConfigError
+    from smokerdet.errors import ConfigError, NoInputError
     from smokerdet.predict import expand_inputs
     from smokerdet.predict import predict as run_predict
     from smokerdet.render import render_predictions
@@ -366,7 +366,7 @@ def predict(
     if not inputs.items:
         for w in inputs.warnings:
             sys.stderr.write(f"Warning: {w}\n")
-        raise ConfigError("no images to label in the given paths", hint="check the PATH arguments")
+        raise NoInputError("no images to label in the given paths", hint="check the PATH arguments")
     started = time.perf_counter()
     rows = run_predict(
         inputs,

@@ -35,6 +35,10 @@ class DatasetNotFoundError(SmokerdetError):
     """No dataset was given and none was downloaded."""
 
 
+class NoInputError(SmokerdetError):
+    """The paths given hold no image to work on."""
+
+
 class ImageLoadError(SmokerdetError):
     """One image could not be read. Batches report it and go on."""
 

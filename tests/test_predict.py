@@ -84,7 +84,7 @@ def test_no_usable_input_exits_1(runner, model_copy, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = runner.invoke(app, ["predict", str(empty)])
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert f"Warning: no images in folder {empty}" in r.stderr
     assert "Error: no images to label" in r.stderr
     bad = tmp_path / "bad.jpg"

@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=100)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -193,6 +194,11 @@ def main() -> None:
             if args.bf16 and bs == 32:
                 rate = forward_rate(m, x, dtype=torch.bfloat16) / tta
                 rows.append({"what": f"forward only, {fmt}, batch 32, bf16", "img_s": rate})
+    if args.compile:
+        m = torch.compile(model.to(memory_format=torch.channels_last))
+        x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
+        rows.append({"what": "forward only, channels_last, batch 32, torch.compile",
+                     "img_s": forward_rate(m, x) / tta})  # fmt: skip
     gflop = model_gflops(model.to(memory_format=torch.contiguous_format), size) * tta
     peak = matmul_gflops()
     rows.append({"what": f"physical limit ({gflop:.2f} GFLOP/img at {peak:.0f} GFLOP/s)",

@@ -138,6 +138,38 @@ def train(weights: Path, data: Path, name: str, extra: list[str]) -> list[str]:
     return cmd
 
 
+def wise_ft(model_dir: Path, weights: Path, alpha: float, data: Path) -> Path:
+    """WiSE-FT: interpolate the fine-tuned backbone with the ImageNet one, keep the new head.
+
+    theta = alpha * theta_finetuned + (1 - alpha) * theta_pretrained, for every backbone
+    tensor (BatchNorm statistics included); the threshold is then re-picked on validation.
+    """
+    from smokerdet.checkpoint import load_model, save_model
+    from smokerdet.data import find_dataset
+    from smokerdet.model import classifier_prefixes, create_model
+    from smokerdet.train import calibrate_threshold
+
+    tuned = load_model(model_dir)
+    base = create_model(tuned.meta.arch, weights=weights).state_dict()
+    heads = classifier_prefixes(tuned.model)
+    mixed = {}
+    for key, value in tuned.model.state_dict().items():
+        if any(key.startswith(h + ".") for h in heads) or not value.is_floating_point():
+            mixed[key] = value
+        else:
+            mixed[key] = alpha * value + (1 - alpha) * base[key].to(value.dtype)
+    tuned.model.load_state_dict(mixed)
+    out = model_dir.parent / f"{model_dir.name}-wise{alpha:g}"
+    meta = tuned.meta
+    meta.provenance = {**meta.provenance, "wise_ft": {"from": model_dir.name, "alpha": alpha}}
+    meta.created = ""
+    save_model(out, tuned.model, meta)
+    threshold, metrics = calibrate_threshold(out, find_dataset(data).val)
+    print(f"WiSE-FT alpha {alpha}: val acc {metrics.accuracy:.4f} f1 {metrics.f1:.4f} "
+          f"auc {metrics.roc_auc:.4f} at threshold {threshold:.3f} -> {out}")  # fmt: skip
+    return out
+
+
 def command_from_args(args: dict[str, Any]) -> list[str]:
     """The ``smokerdet train`` command line that reproduces a model's recorded train_args."""
     cmd = ["smokerdet", "train"]
@@ -199,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("step", choices=["convert", "train", "ship", "all"])
+    parser.add_argument("step", choices=["convert", "train", "wise", "ship", "all"])
+    parser.add_argument("--alpha", type=float, default=0.5, help="WiSE-FT mixing (step wise)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/smoker-detection")
     parser.add_argument(
         "--weights", type=Path, default=REPO / "build" / "tf_efficientnet_lite0.in1k.safetensors"
@@ -214,6 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         convert(args.weights, photos)
     if args.step in ("train", "all"):
         command = train(args.weights, args.data, args.name, args.extra)
+    if args.step == "wise":
+        from smokerdet.paths import models_dir
+
+        wise_ft(args.model or models_dir() / args.name, args.weights, args.alpha, args.data)
     if args.step in ("ship", "all"):
         from smokerdet.paths import models_dir
 

@@ -93,17 +93,30 @@ SeedOpt = Annotated[
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(name: str | None = None) -> Callable[[F], F]:
+#: What a Ctrl-C in each command leaves behind, and how to go on.
+INTERRUPT_HINTS = {
+    "download": "run the same command again: the download resumes where it stopped",
+    "predict": "rows already printed are complete; run again for the rest",
+}
+
+
+def command(name: str) -> Callable[[F], F]:
     """Register a command whose SmokerdetErrors become ``Error:``/``Hint:`` and an exit code."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from smokerdet.errors import Interrupted
             from smokerdet.render import print_error, setup_logging
 
             setup_logging()
             try:
-                return fn(*args, **kwargs)
+                try:
+                    return fn(*args, **kwargs)
+                except KeyboardInterrupt:
+                    raise Interrupted(
+                        f"{name} interrupted", hint=INTERRUPT_HINTS.get(name)
+                    ) from None
             except SmokerdetError as e:
                 if os.environ.get(DEBUG_ENV) == "1":
                     raise

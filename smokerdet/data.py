@@ -529,7 +529,9 @@ def train_transform(cfg: DataConfig) -> Callable[[Any], Any]:
         [
             PadToSquare(cfg.fill),
             ZoomOut(cfg.fill, p=0.3),
-            T.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(0.75, 1.333), interpolation=interp),
+            # Crops stay large: a cigarette is small, and a crop that cuts it out teaches the
+            # model a wrong label. Zoom-out (above) covers the other direction of scale.
+            T.RandomResizedCrop(size, scale=(0.55, 1.0), ratio=(0.75, 1.333), interpolation=interp),
             T.RandomHorizontalFlip(),
             T.RandomApply(
                 [T.RandomRotation(12, interpolation=_interp("bilinear"), fill=list(cfg.fill))],
@@ -541,7 +543,7 @@ def train_transform(cfg: DataConfig) -> Callable[[Any], Any]:
             RandomJPEG(p=0.25),
             T.ToTensor(),
             T.Normalize(cfg.mean, cfg.std),
-            T.RandomErasing(p=0.25, scale=(0.02, 0.15)),
+            T.RandomErasing(p=0.15, scale=(0.02, 0.08)),
         ]
     )
 

@@ -66,3 +66,9 @@ class CheckpointError(SmokerdetError):
 
 class DownloadError(SmokerdetError):
     """A download or import failed."""
+
+
+class Interrupted(SmokerdetError):
+    """Ctrl-C. Exit code 130, as shells expect after SIGINT."""
+
+    exit_code = 130

@@ -35,6 +35,7 @@ from smokerdet.checkpoint import (
 from smokerdet.data import (
     DataConfig,
     DecodedDataset,
+    Sample,
     decode_all,
     eval_transform,
     find_dataset,
@@ -42,7 +43,7 @@ from smokerdet.data import (
     resolve_data_root,
     train_transform,
 )
-from smokerdet.errors import CheckpointError, ConfigError, DatasetLayoutError, SmokerdetError
+from smokerdet.errors import CheckpointError, ConfigError, DatasetLayoutError, Interrupted
 from smokerdet.inference import score_files
 from smokerdet.metrics import BinaryMetrics, best_threshold, binary_metrics
 from smokerdet.model import (
@@ -588,26 +589,9 @@ def train(
                 else "start again with the same command",
             ) from None
 
-        # Pick the threshold on exactly what eval/predict will compute: the saved model, reloaded.
         threshold, val_metrics = 0.5, None
         if splits.val:
-            loaded = load_model(folder, device=device)
-            scored = list(
-                score_files(loaded, [s.path for s in splits.val], device=device, workers=0)
-            )
-            ok = [
-                (s, sc)
-                for s, sc in zip(splits.val, scored, strict=True)
-                if sc.probability is not None
-            ]
-            labels = [s.label for s, _ in ok]
-            probs = [sc.probability for _, sc in ok if sc.probability is not None]
-            threshold = best_threshold(labels, probs)
-            val_metrics = binary_metrics(labels, probs, threshold)
-            meta = loaded.meta
-            meta.threshold = threshold
-            meta.val_metrics = val_metrics.to_dict()
-            atomic_write_json(folder / META_FILE, meta.to_dict())
+            threshold, val_metrics = calibrate_threshold(folder, splits.val, device)
         shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)
 
     return TrainResult(
@@ -624,6 +608,28 @@ def train(
         skipped=skipped,
         seconds=time.perf_counter() - started,
     )
+
+
+def calibrate_threshold(
+    folder: Path, val: list[Sample], device: str = "cpu"
+) -> tuple[float, BinaryMetrics]:
+    """Store in ``folder``'s model.json the threshold with the best F1 on ``val``.
+
+    The threshold is picked on exactly what eval and predict will compute: the saved model,
+    reloaded, scoring the files through the same pipeline.
+    """
+    loaded = load_model(folder, device=device)
+    scored = list(score_files(loaded, [s.path for s in val], device=device, workers=0))
+    ok = [(s, sc) for s, sc in zip(val, scored, strict=True) if sc.probability is not None]
+    labels = [s.label for s, _ in ok]
+    probs = [sc.probability for _, sc in ok if sc.probability is not None]
+    threshold = best_threshold(labels, probs)
+    metrics = binary_metrics(labels, probs, threshold)
+    meta = loaded.meta
+    meta.threshold = threshold
+    meta.val_metrics = metrics.to_dict()
+    atomic_write_json(folder / META_FILE, meta.to_dict())
+    return threshold, metrics
 
 
 def resume_training(name: str, reporter: TrainReporter | None = None) -> TrainResult:
@@ -648,10 +654,8 @@ def resume_training(name: str, reporter: TrainReporter | None = None) -> TrainRe
 RESUME_DIR = "resume"
 
 
-class TrainingInterrupted(SmokerdetError):
+class TrainingInterrupted(Interrupted):
     """Ctrl-C during training; the last finished epoch is on disk."""
-
-    exit_code = 130
 
 
 @dataclass

@@ -26,7 +26,6 @@ from smokerdet.download import (
     download_dataset,
     download_weights,
     extract_archive,
-    http_download,
 )
 from smokerdet.errors import DownloadError
 from smokerdet.model import create_model
@@ -181,28 +180,36 @@ def test_dropped_connection_resumes_with_range(server, dataset_zip):
     assert ranges[0] is None and ranges[1] == f"bytes={len(dataset_zip) // 2}-"
 
 
-def test_ctrl_c_mid_download_then_rerun_resumes(server, dataset_zip, smokerdet_home, tmp_path):
+def test_ctrl_c_mid_download_then_rerun_resumes(server, dataset_zip, smokerdet_home):
     server.files["/ds.zip"] = dataset_zip
     server.throttle = 0.05
-    dest = tmp_path / "ds.zip"
-    code = (
-        "import sys; from pathlib import Path; from smokerdet.download import http_download;"
-        "http_download(sys.argv[1], Path(sys.argv[2]))"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, server.url("/ds.zip"), str(dest)])
-    part = dest.with_name("ds.zip.part")
+    cmd = [
+        sys.executable,
+        "-m",
+        "smokerdet",
+        "download",
+        "dataset",
+        "--source",
+        server.url("/ds.zip"),
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    part = smokerdet_home / "datasets" / ".url.download.part"
     deadline = time.time() + 30
     while time.time() < deadline and not (part.exists() and part.stat().st_size > 50_000):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
-    assert proc.returncode != 0
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Error: download interrupted" in err and "resumes where it stopped" in err
     have = part.stat().st_size
-    assert 0 < have < len(dataset_zip) and not dest.exists()
+    assert 0 < have < len(dataset_zip)
+    assert not (smokerdet_home / "datasets" / "smoker-detection").exists()  # nothing half-used
     server.throttle = 0.0
-    http_download(server.url("/ds.zip"), dest, options=FAST)
-    assert dest.read_bytes() == dataset_zip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     assert server.requests[-1][2] == f"bytes={have}-"
+    assert (smokerdet_home / "datasets" / "smoker-detection" / "Testing").is_dir()
+    assert not part.exists()
 
 
 @pytest.mark.parametrize(

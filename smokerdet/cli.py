@@ -21,6 +21,9 @@ import typer
 
 from smokerdet.__about__ import __version__
 from smokerdet.errors import SmokerdetError
+from smokerdet.evaluate import EvalConfig
+from smokerdet.predict import DEFAULT_BATCH_SIZE
+from smokerdet.train import TrainConfig
 
 DEBUG_ENV = "SMOKERDET_DEBUG"
 
@@ -91,6 +94,10 @@ SeedOpt = Annotated[
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Each command's defaults live in its library dataclass; the CLI reads them from there.
+TRAIN = TrainConfig()
+EVAL = EvalConfig()
 
 
 #: What a Ctrl-C in each command leaves behind, and how to go on.
@@ -169,11 +176,13 @@ def info(json_out: JsonOpt = False) -> None:
 def train(
     arch: Annotated[
         str, typer.Option("--arch", "-a", metavar="ARCH", help="Any timm model name.")
-    ] = "resnet50",
+    ] = TRAIN.arch,
     data: DataOpt = None,
-    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Maximum fine-tuning epochs.")] = 20,
-    batch_size: BatchOpt = 32,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 5e-4,
+    epochs: Annotated[
+        int, typer.Option("--epochs", "-e", help="Maximum fine-tuning epochs.")
+    ] = TRAIN.epochs,
+    batch_size: BatchOpt = TRAIN.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = TRAIN.lr,
     img_size: Annotated[
         int | None, typer.Option("--img-size", help="Input size. Default: the model's own.")
     ] = None,
@@ -184,7 +193,7 @@ def train(
             help="Start from timm's ImageNet weights (fails if they can't be had; never "
             "silently random).",
         ),
-    ] = True,
+    ] = TRAIN.pretrained,
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -200,7 +209,7 @@ def train(
             "Keeps its architecture and preprocessing.",
         ),
     ] = None,
-    seed: SeedOpt = 42,
+    seed: SeedOpt = TRAIN.seed,
     name: Annotated[
         str | None,
         typer.Option("--name", metavar="NAME", help="Model name. Default: ARCH-TIMESTAMP."),
@@ -210,22 +219,22 @@ def train(
     ] = False,
     patience: Annotated[
         int, typer.Option("--patience", help="Early-stopping patience in epochs (0: off).")
-    ] = 5,
+    ] = TRAIN.patience,
     device: DeviceOpt = Device.auto,
     workers: WorkersOpt = None,
     lp_epochs: Annotated[
         int, typer.Option("--lp-epochs", help="Linear-probe epochs before fine-tuning (LP-FT).")
-    ] = 0,
+    ] = TRAIN.lp_epochs,
     label_smoothing: Annotated[
         float, typer.Option("--label-smoothing", help="BCE label smoothing.")
-    ] = 0.0,
+    ] = TRAIN.label_smoothing,
     tta: Annotated[
         bool, typer.Option("--tta", help="Store horizontal-flip test-time augmentation.")
     ] = False,
     ema: Annotated[
         float,
         typer.Option("--ema", help="EMA decay per step for the saved weights (0: off, e.g. 0.99)."),
-    ] = 0.0,
+    ] = TRAIN.ema,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -288,12 +297,12 @@ def eval_(
     data: DataOpt = None,
     split: Annotated[
         Split, typer.Option("--split", "-s", help="Which split to score.")
-    ] = Split.test,
+    ] = Split(EVAL.split),
     threshold: ThresholdOpt = None,
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = EVAL.batch_size,
     workers: WorkersOpt = None,
     device: DeviceOpt = Device.auto,
-    seed: SeedOpt = 42,
+    seed: SeedOpt = EVAL.seed,
     json_out: JsonOpt = False,
 ) -> None:
     """Score a model on a dataset split: accuracy, precision, recall, F1 and more.
@@ -334,7 +343,7 @@ def predict(
     ],
     model: ModelOpt = None,
     threshold: ThresholdOpt = None,
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
     workers: WorkersOpt = None,
     device: DeviceOpt = Device.auto,
     json_out: Annotated[

@@ -26,6 +26,7 @@ from smokerdet.model import pick_device
 log = logging.getLogger("smokerdet")
 
 _GLOB_CHARS = set("*?[")
+DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def predict(
     *,
     model: str | os.PathLike[str] | None = None,
     threshold: float | None = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     device: str = "auto",
     recursive: bool = True,

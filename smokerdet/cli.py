@@ -98,6 +98,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Each command's defaults live in its library dataclass; the CLI reads them from there.
 TRAIN = TrainConfig()
 EVAL = EvalConfig()
+DEFAULT_SPLIT = Split(EVAL.split)
 
 
 #: What a Ctrl-C in each command leaves behind, and how to go on.
@@ -297,7 +298,7 @@ def eval_(
     data: DataOpt = None,
     split: Annotated[
         Split, typer.Option("--split", "-s", help="Which split to score.")
-    ] = Split(EVAL.split),
+    ] = DEFAULT_SPLIT,
     threshold: ThresholdOpt = None,
     batch_size: BatchOpt = EVAL.batch_size,
     workers: WorkersOpt = None,

@@ -187,7 +187,7 @@ def command_from_args(args: dict[str, Any]) -> list[str]:
     return cmd
 
 
-def ship(model_dir: Path, command: list[str] | None) -> None:
+def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
     """Copy a trained model into the package (fp16) with build command and provenance."""
     from smokerdet.checkpoint import load_model, save_model
 
@@ -210,8 +210,14 @@ def ship(model_dir: Path, command: list[str] | None) -> None:
     meta.created = ""
     meta.versions = {}
     save_model(SHIPPED, loaded.model, meta, half=True)
+    # fp16 storage moves probabilities a little: re-pick the threshold on the shipped weights.
+    from smokerdet.data import find_dataset
+    from smokerdet.train import calibrate_threshold
+
+    threshold, metrics = calibrate_threshold(SHIPPED, find_dataset(data).val)
     size = (SHIPPED / "model.safetensors").stat().st_size
-    print(f"shipped {model_dir} -> {SHIPPED} ({size / 1e6:.1f} MB)")
+    print(f"shipped {model_dir} -> {SHIPPED} ({size / 1e6:.1f} MB); val acc "
+          f"{metrics.accuracy:.4f} f1 {metrics.f1:.4f} at threshold {threshold:.3f}")  # fmt: skip
     write_golden()
 
 
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.step in ("ship", "all"):
         from smokerdet.paths import models_dir
 
-        ship(args.model or models_dir() / args.name, command)
+        ship(args.model or models_dir() / args.name, command, args.data)
 
 
 if __name__ == "__main__":

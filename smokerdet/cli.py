@@ -184,6 +184,12 @@ def train(
     ] = TRAIN.epochs,
     batch_size: BatchOpt = TRAIN.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = TRAIN.lr,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", help="AdamW weight decay.")
+    ] = TRAIN.weight_decay,
+    warmup_epochs: Annotated[
+        float, typer.Option("--warmup-epochs", help="Linear warmup length, in epochs.")
+    ] = TRAIN.warmup_epochs,
     img_size: Annotated[
         int | None, typer.Option("--img-size", help="Input size. Default: the model's own.")
     ] = None,
@@ -273,6 +279,8 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
         img_size=img_size,
         pretrained=pretrained_flag,
         weights=weights,

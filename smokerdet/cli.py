@@ -80,7 +80,7 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per ba
 WorkersOpt = Annotated[
     int | None,
     typer.Option(
-        "--workers", help="Image-decoding worker processes. Default: cores, at most 4.", min=0
+        "--workers", help="Image-decoding worker processes. Default: depends on the core count.", min=0
     ),
 ]
 ThresholdOpt = Annotated[

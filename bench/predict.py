@@ -29,6 +29,7 @@ import threading
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -114,12 +115,17 @@ def model_gflops(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def forward_rate(model: torch.nn.Module, x: torch.Tensor, seconds: float = 4.0, **amp) -> float:
+def forward_rate(
+    model: torch.nn.Module, x: torch.Tensor, tta: bool, seconds: float = 4.0, **amp: Any
+) -> float:
+    """Images per second of the forward pass alone (both passes when the model uses TTA)."""
     with torch.inference_mode(), torch.autocast("cpu", **amp) if amp else _null():
         model(x)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             model(x)
+            if tta:
+                model(torch.flip(x, dims=[3]))
             n += len(x)
     return n / (time.perf_counter() - t0)
 
@@ -138,6 +144,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--memory-images", type=int, default=0, help="also a peak-RSS run")
     parser.add_argument("--naive-images", type=int, default=100)
+    parser.add_argument("--steady-images", type=int, default=200, help="in-process run")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
@@ -147,7 +154,7 @@ def main() -> None:
     loaded = load_model(args.model)
     model, cfg = loaded.model.eval(), loaded.meta.data_config
     size = cfg.input_size
-    tta = 2 if loaded.meta.tta == "hflip" else 1
+    tta = loaded.meta.tta == "hflip"
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = images_list(args.data, max(args.images, args.memory_images), Path(tmp))
@@ -174,44 +181,63 @@ def main() -> None:
             for p in paths[: args.naive_images]:
                 x = transform(load_image(p)).unsqueeze(0)
                 torch.sigmoid(model(x))
-                if tta == 2:
+                if tta:
                     model(torch.flip(x, dims=[3]))
         rows.append({"what": "naive loop (PIL, transform, forward; batch 1)",
                      "img_s": args.naive_images / (time.perf_counter() - t0)})  # fmt: skip
 
-    best = 0.0
+    # In-process, model loaded: the pipeline against the forward pass on the same batches.
+    import smokerdet
+    from smokerdet.inference import DEFAULT_BATCH_SIZE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = images_list(args.data, args.steady_images, Path(tmp))
+        list(smokerdet.predict(paths[:16], model=str(loaded.path)))
+        t0 = time.perf_counter()
+        list(smokerdet.predict(paths, model=str(loaded.path)))
+        rows.append({"what": f"smokerdet.predict() in-process, {len(paths)} images",
+                     "img_s": len(paths) / (time.perf_counter() - t0)})  # fmt: skip
+        items = [transform(load_image(p)) for p in paths]
+    model.to(memory_format=torch.channels_last)
+    bs = DEFAULT_BATCH_SIZE
+    batches = [torch.stack(items[i : i + bs]) for i in range(0, len(items), bs)]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            b = b.contiguous(memory_format=torch.channels_last)
+            model(b)
+            if tta:
+                model(torch.flip(b, dims=[3]))
+    best = len(items) / (time.perf_counter() - t0)
+    rows.append({"what": f"forward only, same images, batch {bs} (ceiling)", "img_s": best})
     for fmt in ("contiguous", "channels_last"):
-        m = model.to(
-            memory_format=torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-        )
-        for bs in (1, 32):
-            x = torch.randn(bs, 3, size, size)
-            if fmt == "channels_last":
-                x = x.contiguous(memory_format=torch.channels_last)
-            rate = forward_rate(m, x) / tta
-            best = max(best, rate)
-            rows.append({"what": f"forward only, {fmt}, batch {bs}", "img_s": rate})
+        fmt_ = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        m = model.to(memory_format=fmt_)
+        for bs in (1, 8, 32):
+            x = torch.randn(bs, 3, size, size).contiguous(memory_format=fmt_)
+            rows.append({"what": f"forward only, random input, {fmt}, batch {bs}",
+                         "img_s": forward_rate(m, x, tta)})  # fmt: skip
             if args.bf16 and bs == 32:
-                rate = forward_rate(m, x, dtype=torch.bfloat16) / tta
-                rows.append({"what": f"forward only, {fmt}, batch 32, bf16", "img_s": rate})
+                rows.append({"what": f"forward only, random input, {fmt}, batch 32, bf16",
+                             "img_s": forward_rate(m, x, tta, dtype=torch.bfloat16)})  # fmt: skip
     if args.compile:
         m = torch.compile(model.to(memory_format=torch.channels_last))
         x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
-        rows.append({"what": "forward only, channels_last, batch 32, torch.compile",
-                     "img_s": forward_rate(m, x) / tta})  # fmt: skip
-    gflop = model_gflops(model.to(memory_format=torch.contiguous_format), size) * tta
+        rows.append({"what": "forward only, random input, channels_last, batch 32, torch.compile",
+                     "img_s": forward_rate(m, x, tta)})  # fmt: skip
+    gflop = model_gflops(model.to(memory_format=torch.contiguous_format), size) * (2 if tta else 1)
     peak = matmul_gflops()
     rows.append({"what": f"physical limit ({gflop:.2f} GFLOP/img at {peak:.0f} GFLOP/s)",
                  "img_s": peak / gflop})  # fmt: skip
 
     print(f"model {loaded.name}: {loaded.meta.arch} at {size}px, TTA {loaded.meta.tta}, "
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores")  # fmt: skip
-    print(f"{'what':<52} {'img/s':>8} {'x ceiling':>9} {'peak RSS':>9}")
+    print(f"{'what':<62} {'img/s':>8} {'x ceiling':>9} {'peak RSS':>9}")
     for r in rows:
         rate = f"{r['img_s']:.1f}" if "img_s" in r else f"{r['wall_s']:.2f}s"
         ratio = f"{r['img_s'] / best:.2f}" if "img_s" in r else ""
         rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
-        print(f"{r['what']:<52} {rate:>8} {ratio:>9} {rss:>9}")
+        print(f"{r['what']:<62} {rate:>8} {ratio:>9} {rss:>9}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

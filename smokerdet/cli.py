@@ -22,7 +22,7 @@ import typer
 from smokerdet.__about__ import __version__
 from smokerdet.errors import SmokerdetError
 from smokerdet.evaluate import EvalConfig
-from smokerdet.predict import DEFAULT_BATCH_SIZE
+from smokerdet.inference import DEFAULT_BATCH_SIZE
 from smokerdet.train import TrainConfig
 
 DEBUG_ENV = "SMOKERDET_DEBUG"
@@ -80,7 +80,9 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per ba
 WorkersOpt = Annotated[
     int | None,
     typer.Option(
-        "--workers", help="Image-decoding worker processes. Default: depends on the core count.", min=0
+        "--workers",
+        help="Image-decoding worker processes. Default: depends on the core count.",
+        min=0,
     ),
 ]
 ThresholdOpt = Annotated[

@@ -15,7 +15,7 @@ from typing import Any
 from smokerdet.checkpoint import load_model
 from smokerdet.data import SPLITS, find_dataset, resolve_data_root
 from smokerdet.errors import ConfigError, DatasetLayoutError
-from smokerdet.inference import score_files
+from smokerdet.inference import DEFAULT_BATCH_SIZE, score_files
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.model import pick_device
 
@@ -32,7 +32,7 @@ class EvalConfig:
     """test, val, train or all (``--split``)."""
     threshold: float | None = None
     """Decision threshold; defaults to the checkpoint's (``--threshold``)."""
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
     """Images per forward pass (``--batch-size``)."""
     workers: int | None = None
     """Decoding worker processes (``--workers``)."""

@@ -14,6 +14,10 @@ from pathlib import Path
 from smokerdet.checkpoint import LoadedModel
 from smokerdet.data import ImageFileDataset, collate_scored, eval_transform
 
+#: Images per forward pass. Small batches stay in the CPU's cache and measured fastest there
+#: (bench/predict.py); pass a larger --batch-size on a GPU.
+DEFAULT_BATCH_SIZE = 8
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -26,10 +30,12 @@ class Scored:
 
 
 def default_workers(n_items: int, batch_size: int) -> int:
-    """Decoding worker processes: none for a single batch, else up to the core count (max 4)."""
+    """Decoding worker processes: none for a single batch; else one core's worth fewer than
+    the machine has (at least 1, at most 4), so decoding overlaps the forward passes without
+    taking the cores they run on."""
     if n_items <= batch_size:
         return 0
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def forward_probs(loaded: LoadedModel, batch: object, device: str) -> list[float]:
@@ -50,7 +56,7 @@ def score_files(
     loaded: LoadedModel,
     paths: Sequence[Path],
     *,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     device: str = "cpu",
 ) -> Iterator[Scored]:

@@ -20,13 +20,12 @@ from typing import Any, TextIO
 from smokerdet.checkpoint import LoadedModel, load_model
 from smokerdet.data import CLASS_NAMES, is_image_file
 from smokerdet.errors import ConfigError
-from smokerdet.inference import score_files
+from smokerdet.inference import DEFAULT_BATCH_SIZE, score_files
 from smokerdet.model import pick_device
 
 log = logging.getLogger("smokerdet")
 
 _GLOB_CHARS = set("*?[")
-DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_EXTRACT_BYTE
             with zipfile.ZipFile(archive) as zf:
                 infos = zf.infolist()
                 for info in infos:
-                    key = _check_member(info.filename, seen)
+                    _check_member(info.filename, seen)
                     mode = info.external_attr >> 16
                     if stat.S_ISLNK(mode):
                         raise DownloadError(f"unsafe archive: symlink entry {info.filename!r}")
@@ -305,7 +305,6 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_EXTRACT_BYTE
                         raise DownloadError(
                             f"unsafe archive: {info.filename!r} expands {info.file_size // info.compress_size}x (zip bomb?)"
                         )
-                    del key
                 for info in infos:
                     target = dest / PurePosixPath(info.filename.replace("\\", "/"))
                     if info.is_dir():
@@ -566,17 +565,18 @@ def download_dataset(
             extract_archive(inner, inner.parent, max_extract_bytes)
             inner.unlink()
         report = verify_dataset(extracted)
-        missing_only = all(
-            p.endswith(f": 0 of {n}") or p.startswith("classes:")
-            for p in report.problems
-            for n in [EXPECTED_SPLITS.get(_split_of(p), -1)]
+        # Partial: every split is complete or absent, and the classes are balanced.
+        missing_only = (
+            report.total > 0
+            and all(report.per_split.get(k, 0) in (0, n) for k, n in EXPECTED_SPLITS.items())
+            and report.per_class.get("smoking") == report.per_class.get("not_smoking")
         )
-        if not report.structure_ok and not (allow_partial and missing_only and report.total):
+        if not report.structure_ok and not (allow_partial and missing_only):
             raise DownloadError(
                 f"{used} is not the Smoker Detection dataset as published: "
                 + "; ".join(report.problems),
                 hint="--allow-partial accepts a copy that lacks whole splits"
-                if missing_only and report.total
+                if missing_only
                 else "check the archive or use another --source",
             )
         notes = []
@@ -596,13 +596,6 @@ def download_dataset(
         return DatasetResult(
             path=str(target), source=used, already_present=False, verify=report, notes=notes
         )
-
-
-def _split_of(problem: str) -> str:
-    for split, name in _SPLIT_FOLDERS.items():
-        if problem.startswith(name + ":"):
-            return split
-    return ""
 
 
 def _copy_tree(src: Path, dest: Path) -> None:

@@ -353,7 +353,7 @@ def render_predictions(
     err().print(
         f"{summary.total} images, {summary.smoking} smoking, "
         f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
-        f"{rate:.1f} images/s"
+        f"{rate:.1f} images/s (model loading included)"
     )
     return summary
 

@@ -7,7 +7,9 @@ Measures, for one model (architecture and input size as stored in it):
    with its peak RSS (process plus its DataLoader workers);
 2. a naive loop: PIL open, the model's transform, one forward per image;
 3. the forward pass alone on pre-made tensors, contiguous and channels_last, batch 1 and 32:
-   the ceiling for (1);
+   the ceiling for (1) as the issue defines it (one process using every core); and the
+   forward pass in one process per core, one thread each, which is how smokerdet runs on a
+   CPU: the parallel ceiling;
 4. the physical limit: the model's FLOPs over the machine's measured fp32 matmul FLOP/s;
 
 and optionally bf16 autocast. Prints a table; ``--json FILE`` also writes the numbers.
@@ -130,6 +132,29 @@ def forward_rate(
     return n / (time.perf_counter() - t0)
 
 
+def parallel_forward_rate(
+    model: torch.nn.Module, size: int, bs: int, tta: bool, procs: int, seconds: float = 6.0
+) -> float:
+    """Images per second of ``procs`` forked processes, each forwarding with one thread."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+
+    def run() -> None:
+        torch.set_num_threads(1)  # one thread: also what keeps a forked child off OpenMP
+        x = torch.randn(bs, 3, size, size).contiguous(memory_format=torch.channels_last)
+        queue.put(forward_rate(model, x, tta, seconds))
+
+    children = [ctx.Process(target=run) for _ in range(procs)]
+    for c in children:
+        c.start()
+    rates = [queue.get() for _ in children]
+    for c in children:
+        c.join()
+    return sum(rates)
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -148,6 +173,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also time predict() at batch 1-8, 0-1 workers"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -197,6 +225,14 @@ def main() -> None:
         list(smokerdet.predict(paths, model=str(loaded.path)))
         rows.append({"what": f"smokerdet.predict() in-process, {len(paths)} images",
                      "img_s": len(paths) / (time.perf_counter() - t0)})  # fmt: skip
+        if args.sweep:
+            for bs in (1, 2, 4, 8):
+                for workers in (0, os.cpu_count() or 1):
+                    t0 = time.perf_counter()
+                    list(smokerdet.predict(paths, model=str(loaded.path), batch_size=bs,
+                                           workers=workers))  # fmt: skip
+                    rows.append({"what": f"smokerdet.predict(), batch {bs}, {workers} workers",
+                                 "img_s": len(paths) / (time.perf_counter() - t0)})  # fmt: skip
         items = [transform(load_image(p)) for p in paths]
     model.to(memory_format=torch.channels_last)
     bs = DEFAULT_BATCH_SIZE
@@ -208,18 +244,30 @@ def main() -> None:
             model(b)
             if tta:
                 model(torch.flip(b, dims=[3]))
-    best = len(items) / (time.perf_counter() - t0)
-    rows.append({"what": f"forward only, same images, batch {bs} (ceiling)", "img_s": best})
+    rows.append({"what": f"forward only, same images, batch {bs}",
+                 "img_s": len(items) / (time.perf_counter() - t0)})  # fmt: skip
+    # The issue's ceiling: one process, all cores, best of layouts and batch 1 / 32.
+    ceiling = 0.0
     for fmt in ("contiguous", "channels_last"):
         fmt_ = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
         m = model.to(memory_format=fmt_)
         for bs in (1, 8, 32):
             x = torch.randn(bs, 3, size, size).contiguous(memory_format=fmt_)
-            rows.append({"what": f"forward only, random input, {fmt}, batch {bs}",
-                         "img_s": forward_rate(m, x, tta)})  # fmt: skip
+            r = forward_rate(m, x, tta)
+            ceiling = max(ceiling, r) if bs in (1, 32) else ceiling
+            rows.append({"what": f"forward only, random input, {fmt}, batch {bs}", "img_s": r})
             if args.bf16 and bs == 32:
                 rows.append({"what": f"forward only, random input, {fmt}, batch 32, bf16",
                              "img_s": forward_rate(m, x, tta, dtype=torch.bfloat16)})  # fmt: skip
+    # What the cores can do when each runs its own copy of the model (smokerdet's CPU path).
+    model.to(memory_format=torch.channels_last)
+    cores = os.cpu_count() or 1
+    parallel = 0.0
+    for bs in (1, 4):
+        r = parallel_forward_rate(model, size, bs, tta, cores)
+        parallel = max(parallel, r)
+        rows.append({"what": f"forward only, {cores} processes x 1 thread, batch {bs}",
+                     "img_s": r})  # fmt: skip
     if args.compile:
         m = torch.compile(model.to(memory_format=torch.channels_last))
         x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -232,19 +280,23 @@ def main() -> None:
 
     print(f"model {loaded.name}: {loaded.meta.arch} at {size}px, TTA {loaded.meta.tta}, "
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores")  # fmt: skip
-    print(f"{'what':<62} {'img/s':>8} {'x ceiling':>9} {'peak RSS':>9}")
+    print(f"ceiling (one process, best of batch 1/32, both layouts): {ceiling:.1f} img/s; "
+          f"parallel ceiling ({cores} processes x 1 thread): {parallel:.1f} img/s")  # fmt: skip
+    print(f"{'what':<62} {'img/s':>8} {'x ceil':>7} {'x par':>6} {'peak mem':>9}")
     for r in rows:
         rate = f"{r['img_s']:.1f}" if "img_s" in r else f"{r['wall_s']:.2f}s"
-        ratio = f"{r['img_s'] / best:.2f}" if "img_s" in r else ""
+        ratio = f"{r['img_s'] / ceiling:.2f}" if "img_s" in r else ""
+        ratio_p = f"{r['img_s'] / parallel:.2f}" if "img_s" in r else ""
         rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
-        print(f"{r['what']:<62} {rate:>8} {ratio:>9} {rss:>9}")
+        print(f"{r['what']:<62} {rate:>8} {ratio:>7} {ratio_p:>6} {rss:>9}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "date": date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "model": loaded.name, "arch": loaded.meta.arch,
-            "input_size": size, "tta": loaded.meta.tta, "ceiling_img_s": best, "rows": rows,
+            "input_size": size, "tta": loaded.meta.tta, "ceiling_img_s": ceiling,
+            "parallel_ceiling_img_s": parallel, "rows": rows,
         }, indent=2))  # fmt: skip
 
 

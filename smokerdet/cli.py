@@ -81,7 +81,16 @@ WorkersOpt = Annotated[
     int | None,
     typer.Option(
         "--workers",
-        help="Image-decoding worker processes. Default: depends on the core count.",
+        help="Augmentation worker processes. Default: two fewer than the cores, at most 4.",
+        min=0,
+    ),
+]
+ScoreWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="Worker processes. On a CPU each decodes and scores its own batches (one per "
+        "core, at most 4, by default; 0: all in this process); on a GPU they decode.",
         min=0,
     ),
 ]
@@ -311,7 +320,7 @@ def eval_(
     ] = DEFAULT_SPLIT,
     threshold: ThresholdOpt = None,
     batch_size: BatchOpt = EVAL.batch_size,
-    workers: WorkersOpt = None,
+    workers: ScoreWorkersOpt = None,
     device: DeviceOpt = Device.auto,
     seed: SeedOpt = EVAL.seed,
     json_out: JsonOpt = False,
@@ -355,7 +364,7 @@ def predict(
     model: ModelOpt = None,
     threshold: ThresholdOpt = None,
     batch_size: BatchOpt = DEFAULT_BATCH_SIZE,
-    workers: WorkersOpt = None,
+    workers: ScoreWorkersOpt = None,
     device: DeviceOpt = Device.auto,
     json_out: Annotated[
         bool, typer.Option("--json", help="Write JSON Lines on stdout, one object per image.")

@@ -35,7 +35,7 @@ class EvalConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     """Images per forward pass (``--batch-size``)."""
     workers: int | None = None
-    """Decoding worker processes (``--workers``)."""
+    """Worker processes (``--workers``): on a CPU each decodes and scores its own batches."""
     device: str = "auto"
     """auto, cpu, cuda or mps (``--device``)."""
     seed: int = 42

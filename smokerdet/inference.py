@@ -2,6 +2,12 @@
 
 Because both commands score through :func:`score_files`, the same image gets the same
 probability from ``smokerdet eval`` and ``smokerdet predict``.
+
+On a CPU the model runs *inside* the worker processes, one per core with one thread each:
+a small convolutional network scales poorly across cores within one forward pass, but
+perfectly across processes (bench/predict.py: 2 processes x 1 thread score ~1.5x as many
+images per second as 1 process x 2 threads on the 2-core build machine). On a GPU, workers
+only decode and the main process runs the model.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from smokerdet.data import ImageFileDataset, collate_scored, eval_transform
 
 #: Images per forward pass. Small batches stay in the CPU's cache and measured fastest there
 #: (bench/predict.py); pass a larger --batch-size on a GPU.
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = 4
+
+#: At most this many scoring processes by default: each holds its own activations.
+MAX_DEFAULT_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -29,13 +38,19 @@ class Scored:
     error: str | None
 
 
-def default_workers(n_items: int, batch_size: int) -> int:
-    """Decoding worker processes: none for a single batch; else one core's worth fewer than
-    the machine has (at least 1, at most 4), so decoding overlaps the forward passes without
-    taking the cores they run on."""
+def default_workers(n_items: int, batch_size: int, device: str = "cpu") -> int:
+    """Worker processes for scoring ``n_items`` images.
+
+    None for a single batch (starting workers would cost more than it saves). On a CPU, one
+    per core (at most :data:`MAX_DEFAULT_WORKERS`): each decodes and scores its own batches.
+    On a GPU, where workers only decode, one core's worth fewer than the machine has.
+    """
     if n_items <= batch_size:
         return 0
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+    cores = os.cpu_count() or 1
+    if device == "cpu":
+        return max(1, min(MAX_DEFAULT_WORKERS, cores))
+    return max(1, min(MAX_DEFAULT_WORKERS, cores - 1))
 
 
 def forward_probs(loaded: LoadedModel, batch: object, device: str) -> list[float]:
@@ -52,6 +67,63 @@ def forward_probs(loaded: LoadedModel, batch: object, device: str) -> list[float
         return torch.sigmoid(logits).tolist()
 
 
+Batch = tuple[list[int], list[float], list[tuple[int, str]]]
+
+
+class _BatchScorer:
+    """Item ``b`` is batch ``b`` of the files, decoded *and scored*: run in a worker process."""
+
+    def __init__(self, files: ImageFileDataset, loaded: LoadedModel, batch_size: int) -> None:
+        self.files, self.loaded, self.batch_size = files, loaded, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.files) // self.batch_size)
+
+    def __getitem__(self, b: int) -> Batch:
+        start = b * self.batch_size
+        stop = min(start + self.batch_size, len(self.files))
+        indices, tensor, failures = collate_scored([self.files[i] for i in range(start, stop)])
+        probs = forward_probs(self.loaded, tensor, "cpu") if tensor is not None else []
+        return indices, probs, failures
+
+
+def _as_is(item: Batch) -> Batch:
+    return item
+
+
+def _batches(
+    loaded: LoadedModel, files: ImageFileDataset, batch_size: int, n_workers: int, device: str
+) -> Iterator[Batch]:
+    """(indices, probabilities, failures) for each batch of ``files``, in order."""
+    from torch.utils.data import DataLoader
+
+    if device == "cpu" and n_workers > 0:
+        yield from DataLoader(
+            _BatchScorer(files, loaded, batch_size),  # type: ignore[arg-type]
+            batch_size=None,
+            shuffle=False,
+            num_workers=n_workers,
+            collate_fn=_as_is,
+            # DataLoader workers run torch with one thread each, which is also what keeps
+            # them safe: a forked child that starts an OpenMP pool after its parent used one
+            # hangs (seen with 2 threads), a single-threaded one never starts a pool.
+            prefetch_factor=2,
+        )
+        return
+    loader = DataLoader(
+        files,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=n_workers,
+        collate_fn=collate_scored,
+        pin_memory=device == "cuda",
+        prefetch_factor=4 if n_workers else None,
+    )
+    for indices, tensor, failures in loader:
+        probs = forward_probs(loaded, tensor, device) if tensor is not None else []
+        yield indices, probs, failures
+
+
 def score_files(
     loaded: LoadedModel,
     paths: Sequence[Path],
@@ -62,28 +134,27 @@ def score_files(
 ) -> Iterator[Scored]:
     """Score ``paths`` in order, streaming batches through a DataLoader.
 
-    Memory stays bounded by the batch size and the prefetch depth, whatever the number of
-    paths. A file that cannot be read yields a :class:`Scored` with its ``error`` set.
+    Memory stays bounded by the batch size, the worker count and the prefetch depth, whatever
+    the number of paths. A file that cannot be read yields a :class:`Scored` with its
+    ``error`` set.
+
+    Args:
+        loaded: the model, with its preprocessing and TTA.
+        paths: image files.
+        batch_size: images per forward pass.
+        workers: worker processes; on a CPU each decodes and scores (0: all in this process,
+            with all cores); on a GPU they decode. Default: :func:`default_workers`.
+        device: where the model is (``cpu``, ``cuda``, ``mps``).
     """
     import torch
-    from torch.utils.data import DataLoader
 
     if device == "cpu":
         loaded.model.to(memory_format=torch.channels_last)
-    transform = eval_transform(loaded.meta.data_config)
-    dataset = ImageFileDataset(paths, transform, draft_size=loaded.meta.data_config.input_size)
-    n_workers = default_workers(len(paths), batch_size) if workers is None else workers
-    loader = DataLoader(
-        dataset,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=n_workers,
-        collate_fn=collate_scored,
-        pin_memory=device == "cuda",
-        prefetch_factor=4 if n_workers else None,
+    files = ImageFileDataset(
+        paths, eval_transform(loaded.meta.data_config), loaded.meta.data_config.input_size
     )
-    for indices, tensor, failures in loader:
-        probs = forward_probs(loaded, tensor, device) if tensor is not None else []
+    n_workers = default_workers(len(paths), batch_size, device) if workers is None else workers
+    for indices, probs, failures in _batches(loaded, files, batch_size, n_workers, device):
         outcome: dict[int, tuple[float | None, str | None]] = {
             i: (p, None) for i, p in zip(indices, probs, strict=True)
         }

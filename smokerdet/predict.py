@@ -154,7 +154,8 @@ def predict(
         threshold: probability from which an image is labelled smoking; defaults to the
             threshold stored in the model (chosen on validation data).
         batch_size: images per forward pass.
-        workers: decoding worker processes; by default the core count (at most 4).
+        workers: worker processes; on a CPU each decodes and scores its own batches with one
+            thread (default: one per core, at most 4; 0 scores in this process).
         device: auto, cpu, cuda or mps.
         recursive: walk folders recursively.
 

@@ -168,3 +168,22 @@ def test_expand_inputs_survives_a_symlink_loop(tmp_path):
     synthetic_image(1, 0).save(tmp_path / "a" / "x.jpg")
     found = expand_inputs([tmp_path])
     assert [Path(p).name for p, _ in found.items] == ["x.jpg"]
+
+
+def test_scoring_in_worker_processes_matches_in_process(model_copy, tmp_path):
+    # On a CPU each worker decodes and scores whole batches; order, errors and probabilities
+    # must not depend on how many of them there are.
+    files = sorted(EXAMPLES.glob("*.jpg"))[:7]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    paths = files[:3] + [broken] + files[3:]
+    runs = {
+        w: list(smokerdet.predict(paths, workers=w, batch_size=2, device="cpu")) for w in (0, 2)
+    }
+    for w, preds in runs.items():
+        assert [p.path for p in preds] == [str(p) for p in paths], w
+        assert [p.error is not None for p in preds] == [p == broken for p in paths], w
+    for a, b in zip(runs[0], runs[2], strict=True):
+        if a.error is None:
+            assert b.probability == pytest.approx(a.probability, abs=1e-6)
+            assert a.label == b.label

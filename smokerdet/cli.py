@@ -253,6 +253,9 @@ def train(
         float,
         typer.Option("--ema", help="EMA decay per step for the saved weights (0: off, e.g. 0.99)."),
     ] = TRAIN.ema,
+    half: Annotated[
+        bool, typer.Option("--half", help="Store the weights in fp16, half the size.")
+    ] = TRAIN.half,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -306,6 +309,7 @@ def train(
         label_smoothing=label_smoothing,
         tta=tta,
         ema=ema,
+        half=half,
     )
     result = run_train(cfg, RichTrainReporter())
     print_json(result.to_dict()) if json_out else render_train(result)

@@ -52,3 +52,19 @@ def test_conversion_fits_timm_tf_efficientnet_lite0():
     model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
     fake = OrderedDict((f"_{k}", torch.zeros_like(v)) for k, v in model.state_dict().items())
     assert len(convert_state_dict(fake, model.state_dict())) == 296
+
+
+def test_recipe_is_the_one_the_shipped_model_was_built_with():
+    """`build_default_model.py all` must rebuild the shipped model, not an older recipe."""
+    import json
+
+    from build_default_model import RECIPE, SHIPPED
+    from typer.main import get_command
+
+    from smokerdet.cli import app
+
+    recorded = json.loads((SHIPPED / "model.json").read_text())["train_args"]
+    train = get_command(app).commands["train"]  # type: ignore[attr-defined]
+    parsed = train.make_context("train", [*RECIPE, "--weights", "w", "--data", "d"]).params
+    keys = {k for k in recorded if k not in ("data", "weights", "name", "overwrite", "pretrained")}
+    assert {k: parsed[k] for k in keys} == {k: recorded[k] for k in keys}

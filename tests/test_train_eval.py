@@ -243,10 +243,18 @@ def test_eval_empty_split_and_missing_model(runner, model_copy, tmp_path):
 def test_ema_and_lp_ft_train_and_save(runner, flat_data):
     r = runner.invoke(
         app,
-        [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--ema", "0.9", "--lp-epochs", "1", "--json"],
-    )
+        [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--ema", "0.9", "--lp-epochs", "1", "--half",
+         "--json"],
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert [h["phase"] for h in out["history"]] == ["probe", "finetune", "finetune"]
     assert out["best_epoch"] in (2, 3)
-    assert load_model(out["name"]).meta.train_args["ema"] == 0.9
+    loaded = load_model(out["name"])
+    assert loaded.meta.train_args["ema"] == 0.9 and loaded.meta.train_args["half"] is True
+    from safetensors import safe_open
+
+    with safe_open(str(loaded.path / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if "num_batches" not in k} == {
+            torch.float16
+        }

@@ -41,22 +41,23 @@ ARCH = "tf_efficientnet_lite0"
 SHIPPED = REPO / "smokerdet" / "assets" / "default"
 GOLDEN = REPO / "tests" / "golden" / "default_examples.json"
 
-#: The recipe of the shipped model (see docs/model-card.md for how it was chosen); a test
+#: The recipe of the shipped model (see docs/model-card.md for how it was chosen: it was
+#: the best recipe over seeds 42 and 7, and seed 7 the better of the two runs); a test
 #: checks it against the train_args recorded in the shipped model.json.
 RECIPE = [
     "--arch", ARCH,
     "--img-size", "256",
     "--lp-epochs", "2",
-    "--epochs", "12",
+    "--epochs", "24",
     "--lr", "4e-4",
     "--weight-decay", "0.05",
     "--warmup-epochs", "1",
     "--batch-size", "32",
     "--label-smoothing", "0.1",
     "--ema", "0.99",
-    "--patience", "5",
+    "--patience", "8",
     "--tta",
-    "--seed", "42",
+    "--seed", "7",
 ]  # fmt: skip
 
 

@@ -3,8 +3,9 @@
 
 Measures, for one model (architecture and input size as stored in it):
 
-1. ``smokerdet predict --json`` end to end on N images (a subprocess: start-up included),
-   with its peak RSS (process plus its DataLoader workers);
+1. ``smokerdet predict --json`` end to end on N images (a subprocess: start-up included);
+   with ``--memory-images M``, a second run on M images gives the peak memory (PSS of the
+   process and its workers);
 2. a naive loop: PIL open, the model's transform, one forward per image;
 3. the forward pass alone on pre-made tensors, contiguous and channels_last, batch 1 and 32:
    the ceiling for (1) as the issue defines it (one process using every core); and the
@@ -61,8 +62,16 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
-def run_cli(args: list[str], stdin: str) -> tuple[float, float, int, int]:
-    """Run the CLI; return (seconds, peak tree RSS MB, stdout lines, exit code)."""
+def run_cli(
+    args: list[str], stdin: str, interval: float | None = None
+) -> tuple[float, float | None, int, int]:
+    """Run the CLI; return (seconds, peak tree PSS MB or None, stdout lines, exit code).
+
+    Memory is sampled every ``interval`` seconds, or not at all. Reading
+    /proc/PID/smaps_rollup walks the page tables of a 1 GB process: ten samples a second over
+    three processes took a large share of a core from the run being timed (13.6 img/s against
+    20.4 unsampled), so timed runs are not sampled and peak memory comes from separate runs.
+    """
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "smokerdet", *args],
@@ -78,15 +87,17 @@ def run_cli(args: list[str], stdin: str) -> tuple[float, float, int, int]:
         nonlocal peak
         while not stop.is_set():
             peak = max(peak, tree_rss_mb(proc.pid))
-            time.sleep(0.1)
+            time.sleep(interval or 1.0)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if interval:
+        sampler.start()
     out, _ = proc.communicate(stdin)
     seconds = time.perf_counter() - t0
     stop.set()
-    sampler.join()
-    return seconds, peak, len(out.splitlines()), proc.returncode
+    if interval:
+        sampler.join()
+    return seconds, (peak if interval else None), len(out.splitlines()), proc.returncode
 
 
 def images_list(data: Path, n: int, folder: Path) -> list[Path]:
@@ -190,15 +201,16 @@ def main() -> None:
         listing = "\n".join(str(p) for p in paths[: args.images])
         s, rss, lines, rc = run_cli(["predict", "-", "--json", *model_args], listing)
         assert rc == 0 and lines == args.images, (rc, lines)
-        rows.append({"what": f"smokerdet predict, {args.images} images", "img_s": args.images / s,
-                     "peak_rss_mb": rss})  # fmt: skip
+        rows.append({"what": f"smokerdet predict, {args.images} images", "img_s": args.images / s})
         one = str(paths[0])
-        s1, rss1, _, _ = run_cli(["predict", one, "--json", *model_args], "")
+        s1, rss1, _, _ = run_cli(["predict", one, "--json", *model_args], "", interval=0.1)
         rows.append({"what": "smokerdet predict, 1 image (wall s)", "wall_s": s1,
                      "peak_rss_mb": rss1})  # fmt: skip
         if args.memory_images:
             listing = "\n".join(str(p) for p in paths[: args.memory_images])
-            s, rss, lines, rc = run_cli(["predict", "-", "--json", *model_args], listing)
+            s, rss, lines, rc = run_cli(
+                ["predict", "-", "--json", *model_args], listing, interval=0.25
+            )
             assert rc == 0 and lines == args.memory_images
             rows.append({"what": f"smokerdet predict, {args.memory_images} images",
                          "img_s": args.memory_images / s, "peak_rss_mb": rss})  # fmt: skip
@@ -287,7 +299,7 @@ def main() -> None:
         rate = f"{r['img_s']:.1f}" if "img_s" in r else f"{r['wall_s']:.2f}s"
         ratio = f"{r['img_s'] / ceiling:.2f}" if "img_s" in r else ""
         ratio_p = f"{r['img_s'] / parallel:.2f}" if "img_s" in r else ""
-        rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
+        rss = f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") else ""
         print(f"{r['what']:<62} {rate:>8} {ratio:>7} {ratio_p:>6} {rss:>9}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -351,7 +351,7 @@ def render_predictions(
         out().print(table)
     rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
     err().print(
-        f"{summary.total} images, {summary.smoking} smoking, "
+        f"{summary.total} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
         f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
         f"{rate:.1f} images/s (model loading included)"
     )

@@ -99,6 +99,8 @@ def test_table_output_and_summary(runner, model_copy, photos):
     assert r.exit_code == 0, r.output
     assert "p(smoking)" in r.stdout and "smoking_0.jpg" in r.stdout
     assert "6 images," in r.stderr and "0 failed" in r.stderr and "images/s" in r.stderr
+    r = runner.invoke(app, ["predict", str(photos / "smoking_0.jpg")])
+    assert r.exit_code == 0 and "1 image, " in r.stderr
 
 
 def test_csv_output_round_trips(runner, model_copy, photos, tmp_path):

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smokerdet.checkpoint import LoadedModel
 from smokerdet.data import ImageFileDataset, collate_scored, eval_transform
@@ -67,61 +68,19 @@ def forward_probs(loaded: LoadedModel, batch: object, device: str) -> list[float
         return torch.sigmoid(logits).tolist()
 
 
-Batch = tuple[list[int], list[float], list[tuple[int, str]]]
+class _CollateAndScore:
+    """A ``collate_fn`` that also runs the model. DataLoader calls ``collate_fn`` inside the
+    worker that produced the batch, so each CPU worker decodes *and* scores its batches."""
 
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
 
-class _BatchScorer:
-    """Item ``b`` is batch ``b`` of the files, decoded *and scored*: run in a worker process."""
-
-    def __init__(self, files: ImageFileDataset, loaded: LoadedModel, batch_size: int) -> None:
-        self.files, self.loaded, self.batch_size = files, loaded, batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.files) // self.batch_size)
-
-    def __getitem__(self, b: int) -> Batch:
-        start = b * self.batch_size
-        stop = min(start + self.batch_size, len(self.files))
-        indices, tensor, failures = collate_scored([self.files[i] for i in range(start, stop)])
+    def __call__(
+        self, items: list[tuple[int, Any, str | None]]
+    ) -> tuple[list[int], list[float], list[tuple[int, str]]]:
+        indices, tensor, failures = collate_scored(items)
         probs = forward_probs(self.loaded, tensor, "cpu") if tensor is not None else []
         return indices, probs, failures
-
-
-def _as_is(item: Batch) -> Batch:
-    return item
-
-
-def _batches(
-    loaded: LoadedModel, files: ImageFileDataset, batch_size: int, n_workers: int, device: str
-) -> Iterator[Batch]:
-    """(indices, probabilities, failures) for each batch of ``files``, in order."""
-    from torch.utils.data import DataLoader
-
-    if device == "cpu" and n_workers > 0:
-        yield from DataLoader(
-            _BatchScorer(files, loaded, batch_size),  # type: ignore[arg-type]
-            batch_size=None,
-            shuffle=False,
-            num_workers=n_workers,
-            collate_fn=_as_is,
-            # DataLoader workers run torch with one thread each, which is also what keeps
-            # them safe: a forked child that starts an OpenMP pool after its parent used one
-            # hangs (seen with 2 threads), a single-threaded one never starts a pool.
-            prefetch_factor=2,
-        )
-        return
-    loader = DataLoader(
-        files,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=n_workers,
-        collate_fn=collate_scored,
-        pin_memory=device == "cuda",
-        prefetch_factor=4 if n_workers else None,
-    )
-    for indices, tensor, failures in loader:
-        probs = forward_probs(loaded, tensor, device) if tensor is not None else []
-        yield indices, probs, failures
 
 
 def score_files(
@@ -147,6 +106,7 @@ def score_files(
         device: where the model is (``cpu``, ``cuda``, ``mps``).
     """
     import torch
+    from torch.utils.data import DataLoader
 
     if device == "cpu":
         loaded.model.to(memory_format=torch.channels_last)
@@ -154,7 +114,24 @@ def score_files(
         paths, eval_transform(loaded.meta.data_config), loaded.meta.data_config.input_size
     )
     n_workers = default_workers(len(paths), batch_size, device) if workers is None else workers
-    for indices, probs, failures in _batches(loaded, files, batch_size, n_workers, device):
+    # DataLoader workers run torch with one thread each, which is also what makes scoring in
+    # them safe: a forked child that starts an OpenMP pool after its parent used one hangs
+    # (seen here with 2 threads); a single-threaded one never starts a pool.
+    score_in_workers = device == "cpu" and n_workers > 0
+    loader = DataLoader(
+        files,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=n_workers,
+        collate_fn=_CollateAndScore(loaded) if score_in_workers else collate_scored,
+        pin_memory=device == "cuda",
+        prefetch_factor=(2 if score_in_workers else 4) if n_workers else None,
+    )
+    for indices, scored, failures in loader:
+        if score_in_workers:
+            probs = scored
+        else:
+            probs = forward_probs(loaded, scored, device) if scored is not None else []
         outcome: dict[int, tuple[float | None, str | None]] = {
             i: (p, None) for i, p in zip(indices, probs, strict=True)
         }

@@ -27,7 +27,7 @@ from typing import Any
 from smokerdet.data import CLASS_NAMES, DataConfig
 from smokerdet.errors import CheckpointError, ConfigError, ModelNotFoundError
 from smokerdet.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE
-from smokerdet.paths import default_model_dir, models_dir
+from smokerdet.paths import default_choice_file, default_model_dir, models_dir
 
 WEIGHTS_FILE = "model.safetensors"
 PREVIOUS_WEIGHTS_FILE = "model.prev.safetensors"
@@ -254,27 +254,82 @@ def default_model_available() -> bool:
     return (default_model_dir() / META_FILE).is_file()
 
 
+def chosen_default() -> str | None:
+    """The model name chosen with ``smokerdet models default NAME``, or None for the shipped one.
+
+    Raises:
+        ModelNotFoundError: the file recording the choice is unreadable; no model is guessed.
+    """
+    path = default_choice_file()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelNotFoundError(
+            f"cannot read the default model choice in {path} ({e})",
+            hint="go back to the shipped model with `smokerdet models default --reset`",
+        ) from None
+    name = raw.get("model") if isinstance(raw, dict) else None
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ModelNotFoundError(
+            f"{path} names no valid model: {name!r}",
+            hint="go back to the shipped model with `smokerdet models default --reset`",
+        )
+    return name
+
+
+def _known_models_hint() -> str:
+    names = [n for n, _, meta in trained_models() if meta is not None]
+    known = (["default (shipped)"] if default_model_available() else []) + names
+    listing = f"known models: {', '.join(known)}; " if known else ""
+    return f"{listing}see `smokerdet models list`, or pass --model PATH to a model folder"
+
+
 def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
     """Find a model folder: a path, a trained model's name, ``latest`` or ``default``.
 
-    With no ``spec``: the latest trained model, else the model shipped in the package.
+    ``default`` is the model shipped in the package. With no ``spec``: the model chosen with
+    ``smokerdet models default NAME``, else the shipped model. Training a model never changes
+    which one answers.
     """
-    if spec is None or str(spec) == "latest":
+    if spec is None:
+        choice = chosen_default()
+        if choice is not None:
+            folder = models_dir() / choice
+            if (folder / META_FILE).exists():
+                return choice, folder
+            raise ModelNotFoundError(
+                f"the default model {choice!r} (chosen with `smokerdet models default`) "
+                "no longer exists",
+                hint="choose another with `smokerdet models default NAME`, or go back to the "
+                "shipped model with `smokerdet models default --reset`",
+            )
+        if default_model_available():
+            return "default", default_model_dir()
+        raise ModelNotFoundError(
+            "this installation ships no model and no default model is chosen",
+            hint="pass --model NAME|PATH, or choose one with `smokerdet models default NAME` "
+            "(see `smokerdet models list`)",
+        )
+    text = str(spec)
+    if text == "latest":
         models = [m for m in trained_models() if m[2] is not None]
         if models:
             name, folder, _ = models[-1]
             return name, folder
-        if spec is None and default_model_available():
-            return "default", default_model_dir()
         raise ModelNotFoundError(
-            "no trained model found" + ("" if spec is None else " (latest)"),
-            hint="train one with `smokerdet train`, or pass --model NAME|PATH",
+            "no trained model found (latest)",
+            hint="train one with `smokerdet train`, or use the shipped model: --model default",
         )
-    text = str(spec)
     if text == "default":
         if default_model_available():
             return "default", default_model_dir()
-        raise ModelNotFoundError("this installation ships no default model")
+        raise ModelNotFoundError(
+            "this installation ships no default model", hint=_known_models_hint()
+        )
     path = Path(text).expanduser()
     if path.exists():
         folder = path.parent if path.is_file() else path
@@ -282,11 +337,7 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path
     folder = models_dir() / text
     if _NAME_RE.match(text) and (folder / META_FILE).exists():
         return text, folder
-    names = [n for n, _, _ in trained_models()]
-    raise ModelNotFoundError(
-        f"no model named or at {text!r}",
-        hint=f"known models: {', '.join(names)}" if names else "train one with `smokerdet train`",
-    )
+    raise ModelNotFoundError(f"no model named or at {text!r}", hint=_known_models_hint())
 
 
 def _matching_weights(folder: Path, sha256: str) -> tuple[Path, bytes]:

@@ -19,6 +19,7 @@ HOME_ENV = "SMOKERDET_HOME"
 DATASETS = "datasets"
 WEIGHTS = "weights"
 MODELS = "models"
+DEFAULT_CHOICE = "default-model.json"
 
 #: Where the downloaded Smoker Detection dataset lands (``smokerdet download dataset``).
 DATASET_NAME = "smoker-detection"
@@ -52,6 +53,11 @@ def weights_dir() -> Path:
 def models_dir() -> Path:
     """Folder holding one subfolder per trained model."""
     return data_dir() / MODELS
+
+
+def default_choice_file() -> Path:
+    """The JSON file recording the model the user chose with ``smokerdet models default``."""
+    return data_dir() / DEFAULT_CHOICE
 
 
 def default_model_dir() -> Path:

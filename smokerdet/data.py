@@ -9,7 +9,8 @@ Three layouts are understood, case-insensitively:
 * a flat folder of ``smoking_*`` / ``notsmoking_*`` files.
 
 A folder without split folders gets a seeded, stratified split: 20% test, and 20% of the rest
-for validation.
+(at least 2 photos of each class) for validation; split folders without a validation folder get
+their validation split the same way. Too few photos for that is an error, not a silent run.
 
 Example:
     >>> from smokerdet.data import label_from_name
@@ -181,16 +182,27 @@ def _read_labelled(folder: Path) -> tuple[list[Sample], str, int]:
     return samples, "file-name prefixes", unlabelled
 
 
+#: Validation photos of each class needed to pick a decision threshold, and training photos of
+#: each class that must remain when the validation split is carved out of the training images.
+MIN_VAL_PER_CLASS = 2
+MIN_TRAIN_PER_CLASS = 2
+VAL_FRACTION = 0.2
+TEST_FRACTION = 0.2
+
+
 def _stratified_split(
-    samples: Sequence[Sample], fraction: float, seed: int
+    samples: Sequence[Sample], fraction: float, seed: int, minimum: int = 0
 ) -> tuple[list[Sample], list[Sample]]:
-    """Split into (rest, held_out) with ``fraction`` of each class held out, deterministically."""
+    """Split into (rest, held_out) with ``fraction`` of each class held out, deterministically.
+
+    Each class holds out at least ``minimum`` photos (when it has them).
+    """
     rest: list[Sample] = []
     held: list[Sample] = []
     for label in (0, 1):
         group = sorted((s for s in samples if s.label == label), key=lambda s: str(s.path))
         random.Random(f"{seed}-{label}").shuffle(group)
-        n_held = round(len(group) * fraction)
+        n_held = max(round(len(group) * fraction), minimum)
         if n_held == 0 and len(group) >= 3:
             n_held = 1  # tiny folders still get every split
         held.extend(group[:n_held])
@@ -199,18 +211,63 @@ def _stratified_split(
     return sorted(rest, key=key), sorted(held, key=key)
 
 
-def find_dataset(root: str | os.PathLike[str], seed: int = 42) -> DatasetSplits:
+def _carve_validation(
+    train: Sequence[Sample], seed: int, need_val: bool, after_test: bool
+) -> tuple[list[Sample], list[Sample], str]:
+    """Hold out a seeded, stratified validation split from ``train``: (train, val, note).
+
+    Raises:
+        DatasetLayoutError: ``need_val`` and a class has too few photos to leave
+            ``MIN_VAL_PER_CLASS`` for validation and ``MIN_TRAIN_PER_CLASS`` for training.
+    """
+    per_class = {
+        name: sum(s.label == label for s in train)
+        for label, name in ((1, "smoking"), (0, "not_smoking"))
+    }
+    needed = MIN_VAL_PER_CLASS + MIN_TRAIN_PER_CLASS
+    if min(per_class.values()) < needed:
+        found = ", ".join(f"{n} {name}" for name, n in per_class.items())
+        where = " after the test split is held out" if after_test else ""
+        if need_val:
+            raise DatasetLayoutError(
+                f"too few photos to hold out a validation split: each class needs at least "
+                f"{needed} training photos{where} ({MIN_VAL_PER_CLASS} to validate and pick "
+                f"the decision threshold, {MIN_TRAIN_PER_CLASS} to train); found {found}",
+                hint="add photos of the short class, or give a validation folder "
+                "(val/ or Validation/) next to the training one",
+            )
+        rest, val = _stratified_split(train, VAL_FRACTION, seed)
+        return rest, val, f"too few photos for a full validation split ({found})"
+    rest, val = _stratified_split(train, VAL_FRACTION, seed, minimum=MIN_VAL_PER_CLASS)
+    n_pos = sum(s.label for s in val)
+    note = (
+        f"held out 20% of the training images for validation: {n_pos}+{len(val) - n_pos} "
+        f"photos (seeded, stratified, seed {seed})"
+    )
+    return rest, val, note
+
+
+def find_dataset(
+    root: str | os.PathLike[str], seed: int = 42, *, need_val: bool = True
+) -> DatasetSplits:
     """Find the labelled images under ``root`` and split them.
+
+    A dataset without a validation split gets one carved out of its training images (seeded
+    and stratified, at least ``MIN_VAL_PER_CLASS`` photos of each class), so that training
+    can stop early and pick its decision threshold on photos it did not learn from.
 
     Args:
         root: a dataset folder in any of the accepted layouts (see the module docstring).
-        seed: seed of the stratified split for folders that have no split folders.
+        seed: seed of the stratified splits carved for folders that lack split folders.
+        need_val: refuse a dataset too small to carve a validation split from (training
+            needs one; scoring a split that exists does not).
 
     Returns:
         The samples of each split, with the layout that was recognised.
 
     Raises:
-        DatasetLayoutError: the folder is missing, empty, or in a layout smokerdet does not know.
+        DatasetLayoutError: the folder is missing, empty, in a layout smokerdet does not know,
+            or (with ``need_val``) has too few photos per class for a validation split.
 
     Example:
         >>> splits = find_dataset("examples")  # doctest: +SKIP
@@ -237,14 +294,15 @@ def find_dataset(root: str | os.PathLike[str], seed: int = 42) -> DatasetSplits:
             kinds.add(kind)
             setattr(out, split, samples)
         out.layout = f"split folders with {' and '.join(sorted(kinds))}"
-        if out.train and not out.val:
-            out.train, out.val = _stratified_split(out.train, 0.2, seed)
-            out.notes.append("no validation folder: held out 20% of the training images")
         if not (out.train or out.val or out.test):
             raise DatasetLayoutError(
                 f"found split folders in {root} but no labelled images inside them",
                 hint=f"accepted layouts: {ACCEPTED_LAYOUTS}",
             )
+        if out.train and not out.val:
+            out.train, out.val, note = _carve_validation(out.train, seed, need_val, False)
+            out.layout += ", validation carved from training"
+            out.notes.append(f"no validation folder: {note}")
         return out
 
     samples, kind, unlabelled = _read_labelled(root)
@@ -259,15 +317,18 @@ def find_dataset(root: str | os.PathLike[str], seed: int = 42) -> DatasetSplits:
         log.warning(
             "%d images in %s have no smoking_/notsmoking_ prefix: ignored", unlabelled, root
         )
-    trainval, test = _stratified_split(samples, 0.2, seed)
-    train, val = _stratified_split(trainval, 0.2, seed + 1)
+    trainval, test = _stratified_split(samples, TEST_FRACTION, seed)
+    train, val, note = _carve_validation(trainval, seed + 1, need_val, True)
     return DatasetSplits(
         root=root,
-        layout=f"{kind}, no split folders",
+        layout=f"{kind}, no split folders, splits carved (seed {seed})",
         train=train,
         val=val,
         test=test,
-        notes=[f"no split folders: seeded stratified split (seed {seed}), 64% / 16% / 20%"],
+        notes=[
+            f"no split folders: seeded stratified split (seed {seed}), about 64% / 16% / 20%",
+            note,
+        ],
     )
 
 

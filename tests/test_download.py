@@ -532,6 +532,11 @@ def hub(server, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     # The Hub read HF_HUB_OFFLINE=1 (conftest) when timm first imported it: clear its copy too.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # Online, the Hub client also fetches an "agent harness" registry from its import-time
+    # endpoint once a day, to build its User-Agent: give it an empty one, so nothing leaves.
+    from huggingface_hub.utils import _detect_agent
+
+    monkeypatch.setattr(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY)
     monkeypatch.setattr(time, "sleep", lambda s: None)  # the Hub's own backoff between retries
     return serve_weights(server, 3)
 

@@ -723,3 +723,19 @@ def test_list_json(runner):
     assert [s["id"] for s in status["sources"]] == ["kaggle", "github", "mendeley"]
     assert status["dataset"]["present"] is False
     assert {"arch": "resnet50", "tag": "resnet50.a1_in1k"}.items() <= status["weights"][3].items()
+
+
+def test_dataset_from_another_copy_refuses_without_force(tmp_path, dataset_zip, smokerdet_home):
+    first, second = tmp_path / "a.zip", tmp_path / "b.zip"
+    first.write_bytes(dataset_zip)
+    second.write_bytes(dataset_zip)
+    assert not download_dataset(from_path=first).already_present
+    assert download_dataset(from_path=first).already_present  # the same import again
+    with pytest.raises(
+        DownloadError, match=r"already installed .*a\.zip\); .*b\.zip was not imported"
+    ) as e:
+        download_dataset(from_path=second)
+    assert "--force" in e.value.hint
+    result = download_dataset(from_path=second, force=True)
+    assert not result.already_present and result.source == f"--from {second}"
+    assert sorted(p.name for p in (smokerdet_home / "datasets").iterdir()) == ["smoker-detection"]

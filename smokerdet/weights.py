@@ -119,8 +119,9 @@ def pretrained_file(arch: str, *, force: bool = False) -> Path:
         force = True
     endpoint, offline = hub_settings()
     if offline:
+        state = "corrupt in the cache" if cached is not None else "not cached"
         raise WeightsError(
-            f"ImageNet weights for {arch} are not cached and HF_HUB_OFFLINE is set",
+            f"ImageNet weights for {arch} are {state} and HF_HUB_OFFLINE is set",
             hint=f"unset HF_HUB_OFFLINE, or import a file: smokerdet download weights {arch} "
             "--from FILE; or train with --weights FILE or --no-pretrained",
         )

@@ -596,7 +596,7 @@ def test_dropped_connection_mid_file_is_retried_to_a_whole_file(hub, server):
     assert is_intact(pretrained_file("resnet10t"))
 
 
-def test_corrupt_cached_file_is_detected_and_fetched_again(hub, server):
+def test_corrupt_cached_file_is_detected_and_fetched_again(hub, server, monkeypatch):
     path = pretrained_file("resnet10t")
     blob = path.resolve()
     data = bytearray(blob.read_bytes())
@@ -605,6 +605,10 @@ def test_corrupt_cached_file_is_detected_and_fetched_again(hub, server):
     n = len(server.requests)
     assert backbone_equal(create_model("resnet10t", pretrained=True), hub)
     assert [m for m, _, _ in server.requests[n:]] == ["HEAD", "GET"]
+    pretrained_file("resnet10t").resolve().write_bytes(bytes(data))  # corrupt again, offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="corrupt in the cache and HF_HUB_OFFLINE is set"):
+        pretrained_file("resnet10t")
 
 
 def test_no_network_hints_at_from_and_hf_endpoint(hub, server, smokerdet_home, monkeypatch):

@@ -16,7 +16,6 @@ from typing import Any
 
 from smokerdet.data import DataConfig, ResizeMode
 from smokerdet.errors import UnknownArchError, WeightsError
-from smokerdet.paths import weights_dir
 
 DEFAULT_ARCH = "resnet50"
 #: Largest input side accepted anywhere (training flag or a checkpoint's metadata).
@@ -51,8 +50,9 @@ def create_model(
 
     Args:
         arch: any timm model name (``resnet50``, ``resnet10t``, ``tf_efficientnet_lite0``...).
-        pretrained: load timm's ImageNet weights from the local weights cache, downloading them
-            from the Hugging Face Hub when it is reachable. Never falls back to random weights.
+        pretrained: load timm's ImageNet weights from the weights cache, downloading them
+            through the Hugging Face Hub client on first use (see :mod:`smokerdet.weights`).
+            Never falls back to random weights.
         weights: a local state dict (safetensors or ``.pth``) for the backbone; its classifier
             head is dropped and replaced.
 
@@ -68,7 +68,9 @@ def create_model(
     model = timm.create_model(arch, pretrained=False, num_classes=1)
     reset_head(model)
     if pretrained:
-        load_backbone_weights(model, pretrained_weights_file(model))
+        from smokerdet.weights import pretrained_file
+
+        load_backbone_weights(model, pretrained_file(arch))
     elif weights:
         load_backbone_weights(model, weights)
     return model
@@ -85,39 +87,6 @@ def reset_head(model: Any) -> None:
     head = model.get_classifier()
     for p in head.parameters():
         torch.nn.init.zeros_(p)
-
-
-def weights_tag_of(model: Any) -> str:
-    """The timm weights tag of a model's pretrained config (``resnet50.a1_in1k``)."""
-    hub_id = str(model.pretrained_cfg.get("hf_hub_id") or "")
-    if hub_id:
-        return hub_id.removeprefix("timm/")
-    cfg = model.pretrained_cfg
-    return f"{cfg.get('architecture', 'model')}.{cfg.get('tag') or 'default'}"
-
-
-def cached_weights_path(tag: str) -> Path:
-    """Where the weights cache keeps one timm tag's ImageNet weights."""
-    if "/" in tag or "\\" in tag or tag.startswith("."):
-        raise WeightsError(f"not a weights tag: {tag!r}")
-    return weights_dir() / tag / "model.safetensors"
-
-
-def pretrained_weights_file(model: Any) -> Path:
-    """Path of the cached ImageNet weights for ``model``; never touches the network.
-
-    Raises:
-        WeightsError: with a hint, when the weights are not in the cache.
-    """
-    arch = model.pretrained_cfg.get("architecture", "model")
-    path = cached_weights_path(weights_tag_of(model))
-    if not path.is_file():
-        raise WeightsError(
-            f"ImageNet weights for {arch} are not available offline (looked in {path})",
-            hint=f"run `smokerdet download weights {arch}`, pass --weights FILE, "
-            "or train from scratch with --no-pretrained",
-        )
-    return path
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -159,12 +128,25 @@ def classifier_prefixes(model: Any) -> tuple[str, ...]:
 
 
 def load_backbone_weights(model: Any, path: str | os.PathLike[str]) -> None:
-    """Load a timm/torchvision state dict into ``model``, dropping and replacing its head.
+    """Load a timm/torchvision state dict file into ``model``, dropping and replacing its head.
 
     Raises:
         WeightsError: naming the first missing, unexpected or mis-shaped tensor.
     """
-    sd = read_state_dict(path)
+    load_backbone_state(model, read_state_dict(path), str(path))
+
+
+def load_backbone_state(
+    model: Any,
+    sd: dict[str, Any],
+    source: str,
+    hint: str = "check that --arch matches the architecture the weights were saved from",
+) -> None:
+    """Load a state dict (from ``source``, named in errors) into ``model`` but its head.
+
+    Raises:
+        WeightsError: naming the first missing, unexpected or mis-shaped tensor, with ``hint``.
+    """
     heads = classifier_prefixes(model)
 
     def is_head(key: str) -> bool:
@@ -181,16 +163,16 @@ def load_backbone_weights(model: Any, path: str | os.PathLike[str]) -> None:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
         raise WeightsError(
-            f"{path} does not fit {model.pretrained_cfg.get('architecture', 'the model')}: "
+            f"{source} does not fit {model.pretrained_cfg.get('architecture', 'the model')}: "
             + ", ".join(parts),
-            hint="check that --arch matches the architecture the weights were saved from",
+            hint=hint,
         )
     for k, v in sd.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise WeightsError(
-                f"{path}: tensor {k} has shape {tuple(v.shape)}, the model expects "
+                f"{source}: tensor {k} has shape {tuple(v.shape)}, the model expects "
                 f"{tuple(own[k].shape)}",
-                hint="check that --arch matches the architecture the weights were saved from",
+                hint=hint,
             )
     model.load_state_dict(sd, strict=False)
 
@@ -211,11 +193,6 @@ def resolve_data_config(
         crop_pct=float(cfg.get("crop_pct", 1.0)) if resize_mode == "crop" else 1.0,
         resize_mode=resize_mode,
     )
-
-
-def count_params(model: Any) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def pick_device(device: str = "auto") -> str:

@@ -2,33 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import uuid
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from smokerdet.cli import app
 from smokerdet.download import (
     HttpOptions,
     Source,
+    download_all,
     download_dataset,
     download_weights,
     extract_archive,
 )
-from smokerdet.errors import DownloadError
+from smokerdet.errors import DownloadError, WeightsError
+from smokerdet.fetch import http_download
 from smokerdet.model import create_model
+from smokerdet.weights import is_intact, pretrained_file
 
 FAST = HttpOptions(timeout=5, retries=2, backoff=0.01)
 
@@ -41,12 +44,26 @@ class Server:
         self.status: dict[str, int] = {}
         self.drop_first: set[str] = set()  # send half, then close, on the first GET
         self.throttle: float = 0.0  # seconds per 16 KiB chunk
+        self.ignore_range: set[str] = set()  # answer 200 with the whole body to a Range request
+        self.short: dict[str, int] = {}  # path -> how many GETs send half the Content-Length
+        self.headers: dict[str, dict[str, str]] = {}  # path -> extra headers (Hub metadata)
         self.requests: list[tuple[str, str, str | None]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                server.requests.append(("HEAD", self.path, None))
+                body = server.files.get(self.path)
+                status = server.status.get(self.path, 404 if body is None else 200)
+                self.send_response(status)
+                if body is not None:
+                    self.send_header("Content-Length", str(len(body)))
+                for k, v in server.headers.get(self.path, {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
 
             def do_GET(self) -> None:  # noqa: N802
                 rng = self.headers.get("Range")
@@ -55,6 +72,8 @@ class Server:
                     self.send_response(server.status[self.path])
                     self.end_headers()
                     return
+                if self.path in server.ignore_range:
+                    rng = None
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_response(404)
@@ -74,6 +93,12 @@ class Server:
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]
+                if server.short.get(self.path, 0) > 0:
+                    server.short[self.path] -= 1
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
                 if self.path in server.drop_first and not rng:
                     server.drop_first.discard(self.path)
                     self.wfile.write(payload[: len(payload) // 2])
@@ -226,7 +251,7 @@ def test_http_errors(runner, server, status, message):
 
 def test_server_errors_are_retried_then_reported(server):
     server.status["/x.zip"] = 500
-    with pytest.raises(DownloadError, match="failed after 2 retries: HTTP 500"):
+    with pytest.raises(DownloadError, match=r"HTTP 500 from .* \(gave up after 2 retries\)"):
         download_dataset(source=server.url("/x.zip"), options=FAST)
     assert len(server.requests) == 3
 
@@ -240,14 +265,16 @@ def test_no_network_names_the_url_and_hints_at_from(server):
     assert "--from" in e.value.hint
 
 
-def test_kaggle_credentials(server, monkeypatch, caplog):
+def test_kaggle_credentials(server, monkeypatch):
     kaggle = Source("kaggle", server.url("/kaggle.zip"), "zip", "test", needs="kaggle")
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.delenv("KAGGLE_KEY", raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(Path("/nonexistent")))
-    with pytest.raises(DownloadError, match="every dataset source failed"):
+    with pytest.raises(DownloadError, match="every dataset source failed") as e:
         download_dataset(sources=[kaggle], options=FAST)
-    assert "set KAGGLE_USERNAME and KAGGLE_KEY" in caplog.text
+    assert (
+        "\n  kaggle: no Kaggle credentials (set KAGGLE_USERNAME and KAGGLE_KEY" in e.value.message
+    )
     assert server.requests == []  # skipped, not tried
 
     monkeypatch.setenv("KAGGLE_USERNAME", "me")
@@ -312,33 +339,79 @@ def _zip_with(tmp_path: Path, build) -> Path:
     return path
 
 
-def test_hostile_archives_are_refused_and_write_nothing_outside(tmp_path):
-    dest = tmp_path / "out"
-    dest.mkdir()
-    slip = _zip_with(tmp_path, lambda zf: zf.writestr("../../escaped.txt", "x"))
-    with pytest.raises(DownloadError, match="zip-slip"):
-        extract_archive(slip, dest)
-    assert not (tmp_path / "escaped.txt").exists()
+BENIGN = {f"ok/{i}.jpg": b"x" * 10 for i in range(3)}
 
-    absolute = _zip_with(tmp_path, lambda zf: zf.writestr("/etc/evil", "x"))
-    with pytest.raises(DownloadError, match="absolute path"):
-        extract_archive(absolute, dest)
 
-    def symlink(zf: zipfile.ZipFile) -> None:
-        info = zipfile.ZipInfo("link")
-        info.external_attr = 0o120777 << 16
-        zf.writestr(info, "/etc/passwd")
+def _zip_then(tmp_path: Path, name: str, hostile) -> Path:
+    """Benign members first, the hostile one last: a check after extracting would be too late."""
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in BENIGN.items():
+            zf.writestr(member, data)
+        hostile(zf)
+    return path
 
-    with pytest.raises(DownloadError, match="symlink entry"):
-        extract_archive(_zip_with(tmp_path, symlink), dest)
+
+def _tar_then(tmp_path: Path, name: str, hostile: tarfile.TarInfo) -> Path:
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as tf:
+        for member, data in BENIGN.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        tf.addfile(hostile, io.BytesIO(b"x" * hostile.size) if hostile.size else None)
+    return path
+
+
+def _tar_info(name: str, kind: bytes, linkname: str = "", size: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, linkname, size
+    return info
+
+
+@pytest.fixture
+def extract_dir(tmp_path: Path) -> Path:
+    dest = tmp_path / "work" / "out"
+    dest.mkdir(parents=True)
+    return dest
+
+
+def _refused(archive: Path, dest: Path, match: str, max_bytes: int | None = None) -> None:
+    kwargs = {"max_bytes": max_bytes} if max_bytes else {}
+    with pytest.raises(DownloadError, match=match):
+        extract_archive(archive, dest, **kwargs)
+    assert list(dest.iterdir()) == []  # checked before extracting any: not even the benign ones
+
+
+def test_hostile_zips_write_nothing_at_all(tmp_path, extract_dir):
+    unique = f"smokerdet-escape-{uuid.uuid4().hex}"
+    parent = extract_dir.parent  # where "../x" lands
+    slip = _zip_then(tmp_path, "slip.zip", lambda zf: zf.writestr(f"../{unique}", "x"))
+    _refused(slip, extract_dir, "zip-slip")
+    deep = _zip_then(tmp_path, "deep.zip", lambda zf: zf.writestr(f"ok/../../../{unique}", "x"))
+    _refused(deep, extract_dir, "zip-slip")
+    absolute = _zip_then(tmp_path, "abs.zip", lambda zf: zf.writestr(f"/tmp/{unique}", "x"))
+    _refused(absolute, extract_dir, "absolute path")
+    assert not (parent / unique).exists() and not (tmp_path / unique).exists()
+    assert not Path("/tmp", unique).exists()
+
+    def special(mode: int):
+        def add(zf: zipfile.ZipFile) -> None:
+            info = zipfile.ZipInfo("entry")
+            info.external_attr = mode << 16
+            zf.writestr(info, "/etc/passwd")
+
+        return add
+
+    _refused(_zip_then(tmp_path, "l.zip", special(0o120777)), extract_dir, "symlink entry")
+    _refused(_zip_then(tmp_path, "f.zip", special(0o010644)), extract_dir, "special file")
 
     def bomb(zf: zipfile.ZipFile) -> None:
         zf.writestr(
             zipfile.ZipInfo("zeros.bin"), b"\0" * 5_000_000, compress_type=zipfile.ZIP_DEFLATED
         )
 
-    with pytest.raises(DownloadError, match="zip bomb"):
-        extract_archive(_zip_with(tmp_path, bomb), dest)
+    _refused(_zip_then(tmp_path, "bomb.zip", bomb), extract_dir, "zip bomb")
 
     def dup(zf: zipfile.ZipFile) -> None:
         zf.writestr("a.jpg", "1")
@@ -348,19 +421,28 @@ def test_hostile_archives_are_refused_and_write_nothing_outside(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dup_zip = _zip_with(tmp_path, dup)
-    with pytest.raises(DownloadError, match="duplicate entry"):
-        extract_archive(dup_zip, dest)
+        dup_zip = _zip_then(tmp_path, "dup.zip", dup)
+    _refused(dup_zip, extract_dir, "duplicate entry")
+    big = _zip_then(tmp_path, "big.zip", lambda zf: zf.writestr("last.jpg", b"y" * 20))
+    _refused(big, extract_dir, "past the 40-byte limit", max_bytes=40)  # 3 x 10 + 20 bytes
 
-    tar_path = tmp_path / "evil.tar.gz"
-    with tarfile.open(tar_path, "w:gz") as tf:
-        info = tarfile.TarInfo("link")
-        info.type = tarfile.SYMTYPE
-        info.linkname = "../../outside"
-        tf.addfile(info)
-    with pytest.raises(DownloadError, match="link entry"):
-        extract_archive(tar_path, dest)
-    assert list(dest.iterdir()) == []
+
+def test_hostile_tars_write_nothing_at_all(tmp_path, extract_dir):
+    unique = f"smokerdet-escape-{uuid.uuid4().hex}"
+    cases = [
+        (_tar_info(f"../{unique}", tarfile.REGTYPE, size=1), "zip-slip"),
+        (_tar_info(f"/tmp/{unique}", tarfile.REGTYPE, size=1), "absolute path"),
+        (_tar_info("out", tarfile.SYMTYPE, linkname=str(extract_dir.parent)), "link entry"),
+        (_tar_info("passwd", tarfile.LNKTYPE, linkname="/etc/passwd"), "link entry"),
+        (_tar_info("fifo", tarfile.FIFOTYPE), "special file"),
+        (_tar_info("null", tarfile.CHRTYPE), "special file"),
+        (_tar_info("disk", tarfile.BLKTYPE), "special file"),
+    ]
+    for n, (info, match) in enumerate(cases):
+        _refused(_tar_then(tmp_path, f"evil{n}.tar.gz", info), extract_dir, match)
+    big = _tar_then(tmp_path, "big.tar.gz", _tar_info("last.jpg", tarfile.REGTYPE, size=20))
+    _refused(big, extract_dir, "past the 40-byte limit", max_bytes=40)
+    assert not (extract_dir.parent / unique).exists() and not Path("/tmp", unique).exists()
 
 
 def test_tar_gz_import(tmp_path, smokerdet_home):
@@ -375,20 +457,166 @@ def test_tar_gz_import(tmp_path, smokerdet_home):
     assert result.verify.per_split == {"train": 716, "val": 180, "test": 224}
 
 
-# -- weights -----------------------------------------------------------------------------------
+# -- plain HTTP misbehaving --------------------------------------------------------------------
+
+
+BODY = bytes(range(256)) * 1024  # 256 KiB
+
+
+def test_403_is_access_denied_with_a_source_hint(server):
+    server.status["/x.zip"] = 403
+    with pytest.raises(DownloadError, match=r"access denied by .*/x.zip \(HTTP 403\)") as e:
+        download_dataset(source=server.url("/x.zip"), options=FAST)
+    assert "--source" in e.value.hint and len(server.requests) == 1  # not retried
+
+
+def test_416_on_a_stale_part_starts_over(server, tmp_path):
+    server.files["/f"] = BODY
+    (tmp_path / "f.part").write_bytes(b"\xff" * len(BODY))  # "complete" but wrong: Range -> 416
+    http_download(server.url("/f"), tmp_path / "f", options=FAST)
+    assert (tmp_path / "f").read_bytes() == BODY
+    assert [r for _, _, r in server.requests] == [f"bytes={len(BODY)}-", None]
+
+
+def test_a_server_ignoring_range_gets_the_whole_file_once(server, tmp_path):
+    server.files["/f"] = BODY
+    server.ignore_range.add("/f")
+    (tmp_path / "f.part").write_bytes(b"\xff" * 1000)  # must be overwritten, not appended to
+    http_download(server.url("/f"), tmp_path / "f", options=FAST)
+    assert (tmp_path / "f").read_bytes() == BODY
+
+
+def test_fewer_bytes_than_content_length_resumes_then_gives_up(server, tmp_path):
+    server.files["/f"] = BODY
+    server.short["/f"] = 1
+    http_download(server.url("/f"), tmp_path / "f", options=FAST)
+    assert (tmp_path / "f").read_bytes() == BODY
+    assert server.requests[-1][2] == f"bytes={len(BODY) // 2}-"
+
+    server.short["/f"] = 99
+    with pytest.raises(DownloadError, match=r"connection lost after .* \(gave up after 2 retries"):
+        http_download(server.url("/f"), tmp_path / "g", options=FAST)
+    assert not (tmp_path / "g").exists()
+
+
+# -- weights through the Hub client ------------------------------------------------------------
+
+HUB_PATH = "/timm/resnet10t.c3_in1k/resolve/main/model.safetensors"
+
+
+def serve_weights(server: Server, seed: int) -> dict[str, torch.Tensor]:
+    """Serve resnet10t weights the way the Hub does (X-Repo-Commit, ETag = the SHA-256)."""
+    torch.manual_seed(seed)
+    sd = {k: v.contiguous() for k, v in create_model("resnet10t").state_dict().items()}
+    body = safetensors_bytes(sd)
+    server.files[HUB_PATH] = body
+    server.headers[HUB_PATH] = {
+        "X-Repo-Commit": f"{seed:040x}",
+        "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
+    }
+    return sd
+
+
+def safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(sd)
 
 
 @pytest.fixture
 def hub(server, monkeypatch):
-    """The local server answering like the Hub for resnet10t's default weights."""
-    torch.manual_seed(3)
-    sd = {k: v.contiguous() for k, v in create_model("resnet10t").state_dict().items()}
-    buf_path = Path(os.environ["SMOKERDET_HOME"]).parent / "served.safetensors"
-    save_file(sd, str(buf_path))
-    server.files["/timm/resnet10t.c3_in1k/resolve/main/model.safetensors"] = buf_path.read_bytes()
+    """The local server answering like the Hub for resnet10t's default weights, online."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_ENDPOINT", server.url(""))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return sd
+    # The Hub read HF_HUB_OFFLINE=1 (conftest) when timm first imported it: clear its copy too.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # Online, the Hub client also fetches an "agent harness" registry from its import-time
+    # endpoint once a day, to build its User-Agent: give it an empty one, so nothing leaves.
+    from huggingface_hub.utils import _detect_agent
+
+    monkeypatch.setattr(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY)
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the Hub's own backoff between retries
+    return serve_weights(server, 3)
+
+
+def backbone_equal(model, sd) -> bool:
+    return all(
+        torch.equal(model.state_dict()[k], v) for k, v in sd.items() if not k.startswith("fc.")
+    )
+
+
+def test_first_use_downloads_then_the_cache_answers_without_a_request(
+    hub, server, monkeypatch, capfd
+):
+    model = create_model("resnet10t", pretrained=True)  # what `train --arch` does
+    assert backbone_equal(model, hub)
+    assert [m for m, p, _ in server.requests] == ["HEAD", "GET"]
+    assert "model.safetensors" in capfd.readouterr().err  # the progress bar, on stderr
+    n = len(server.requests)
+    assert backbone_equal(create_model("resnet10t", pretrained=True), hub)
+    assert len(server.requests) == n  # second run: no request at all
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    server.close()
+    assert backbone_equal(create_model("resnet10t", pretrained=True), hub)  # offline, cached
+
+
+def test_offline_without_cache_hints_at_from(smokerdet_home):
+    with pytest.raises(WeightsError, match="not cached and HF_HUB_OFFLINE is set") as e:
+        create_model("resnet10t", pretrained=True)
+    assert "smokerdet download weights resnet10t --from FILE" in e.value.hint
+    assert not (smokerdet_home / "weights").exists()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_gated_or_private_repo(hub, server, smokerdet_home, status):
+    server.status[HUB_PATH] = status
+    with pytest.raises(
+        WeightsError, match=rf"refused timm/resnet10t.c3_in1k \(HTTP {status}\)"
+    ) as e:
+        pretrained_file("resnet10t")
+    assert "HF_TOKEN" in e.value.hint and "--from FILE" in e.value.hint
+    assert not (smokerdet_home / "weights").exists()  # nothing left behind
+
+
+def test_no_such_tag_is_a_404(hub, server, smokerdet_home):
+    del server.files[HUB_PATH]
+    with pytest.raises(WeightsError, match=r"has no timm/resnet10t.c3_in1k/model.safetensors"):
+        pretrained_file("resnet10t")
+    assert not (smokerdet_home / "weights").exists()
+
+
+def test_dropped_connection_mid_file_is_retried_to_a_whole_file(hub, server):
+    # The Hub client retries within the call (its http_get resumes from what it counted as
+    # written; this version counts nothing before the drop, so it asks again from byte 0).
+    server.drop_first.add(HUB_PATH)
+    assert backbone_equal(create_model("resnet10t", pretrained=True), hub)
+    assert [m for m, _, _ in server.requests] == ["HEAD", "GET", "GET"]
+    assert is_intact(pretrained_file("resnet10t"))
+
+
+def test_corrupt_cached_file_is_detected_and_fetched_again(hub, server, monkeypatch):
+    path = pretrained_file("resnet10t")
+    blob = path.resolve()
+    data = bytearray(blob.read_bytes())
+    data[-100] ^= 0xFF  # one flipped bit deep in a tensor: still loads, wrong numbers
+    blob.write_bytes(bytes(data))
+    n = len(server.requests)
+    assert backbone_equal(create_model("resnet10t", pretrained=True), hub)
+    assert [m for m, _, _ in server.requests[n:]] == ["HEAD", "GET"]
+    pretrained_file("resnet10t").resolve().write_bytes(bytes(data))  # corrupt again, offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="corrupt in the cache and HF_HUB_OFFLINE is set"):
+        pretrained_file("resnet10t")
+
+
+def test_no_network_hints_at_from_and_hf_endpoint(hub, server, smokerdet_home, monkeypatch):
+    server.close()
+    with pytest.raises(WeightsError, match="cannot reach the Hub at http://127.0.0.1") as e:
+        pretrained_file("resnet10t")
+    assert "--from FILE" in e.value.hint and "HF_ENDPOINT" in e.value.hint
+    assert not (smokerdet_home / "weights").exists()
 
 
 def test_weights_download_then_pretrained_loads_those_tensors(runner, hub, server, monkeypatch):
@@ -397,10 +625,7 @@ def test_weights_download_then_pretrained_loads_those_tensors(runner, hub, serve
     w = json.loads(r.stdout)["weights"][0]
     assert w["tag"] == "resnet10t.c3_in1k" and not w["already_present"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = create_model("resnet10t", pretrained=True)
-    for k, v in hub.items():
-        if not k.startswith("fc."):
-            assert torch.equal(model.state_dict()[k], v), k
+    assert backbone_equal(create_model("resnet10t", pretrained=True), hub)
     n = len(server.requests)
     r = runner.invoke(app, ["download", "weights", "resnet10t"])
     assert "already present" in r.stdout and len(server.requests) == n
@@ -416,13 +641,74 @@ def test_weights_import_from_a_local_pth(runner, tmp_path):
     assert torch.equal(model.state_dict()["conv1.0.weight"], sd["conv1.0.weight"])
 
 
-def test_weights_that_do_not_fit_are_not_cached(tmp_path):
+def test_wrong_arch_import_names_the_file_and_no_internal_path(runner, tmp_path, smokerdet_home):
     sd = {k: v.contiguous() for k, v in create_model("resnet18").state_dict().items()}
-    save_file(sd, str(tmp_path / "r18.safetensors"))
-    with pytest.raises(Exception, match="does not fit resnet10t"):
-        download_weights("resnet10t", from_path=tmp_path / "r18.safetensors")
-    with pytest.raises(Exception, match="not available offline"):
+    src = tmp_path / "r18.safetensors"
+    src.write_bytes(safetensors_bytes(sd))
+    r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(src)])
+    assert r.exit_code == 1
+    assert f"Error: {src} does not fit resnet10t" in r.stderr
+    assert ".incoming" not in r.stderr and "--arch" not in r.stderr
+    assert (
+        f"Hint: give the architecture the file was saved from: smokerdet download weights ARCH --from {src}"
+        in r.stderr
+    )
+    assert not (smokerdet_home / "weights").exists()
+    with pytest.raises(WeightsError, match="not cached and HF_HUB_OFFLINE is set"):
         create_model("resnet10t", pretrained=True)
+
+
+def test_from_another_file_refuses_without_force_then_replaces(runner, tmp_path):
+    files = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        sd = {k: v.contiguous() for k, v in create_model("resnet10t").state_dict().items()}
+        files[seed] = (tmp_path / f"w{seed}.safetensors", sd)
+        files[seed][0].write_bytes(safetensors_bytes(sd))
+    assert download_weights("resnet10t", from_path=files[1][0]).already_present is False
+    assert download_weights("resnet10t", from_path=files[1][0]).already_present is True
+    r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(files[2][0])])
+    assert r.exit_code == 1
+    assert "other weights for resnet10t are already cached" in r.stderr
+    assert "Hint: add --force to replace them" in r.stderr and "--force" in r.stderr
+    assert backbone_equal(create_model("resnet10t", pretrained=True), files[1][1])
+    result = download_weights("resnet10t", from_path=files[2][0], force=True)
+    assert not result.already_present
+    assert backbone_equal(create_model("resnet10t", pretrained=True), files[2][1])
+
+
+def test_download_tries_every_part_and_reports_each(hub, server, smokerdet_home):
+    url = server.url("/nothing.zip")  # 404: the dataset fails, the weights must still come
+    report = download_all(None, ["resnet10t", "nosuchnet"], source=url)
+    rows = [(p.part, p.result) for p in report.parts]
+    assert rows == [
+        ("dataset", "failed"),
+        ("weights resnet10t", "installed"),
+        ("weights nosuchnet", "failed"),
+    ]
+    dataset, weights, unknown = report.parts
+    assert dataset.message.startswith("HTTP 404") and dataset.source == url
+    assert weights.source.startswith("Hub http://127.0.0.1")
+    assert "unknown architecture" in unknown.message and "--source" not in (unknown.hint or "")
+    assert not report.ok and report.exit_code == 1
+    assert sorted(p.name for p in smokerdet_home.iterdir()) == ["weights"]  # no empty datasets/
+
+
+def test_every_dataset_source_failing_gives_one_line_each(server, monkeypatch):
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", "/nonexistent")
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    sources = [
+        Source("kaggle", server.url("/k.zip"), "zip", "k", needs="kaggle"),
+        Source("github", "http://codeload.github.invalid/x.zip", "zip", "g"),
+    ]
+    with pytest.raises(DownloadError) as e:
+        download_dataset(sources=sources, options=FAST)
+    assert e.value.message.splitlines() == [
+        "every dataset source failed:",
+        "  kaggle: no Kaggle credentials (set KAGGLE_USERNAME and KAGGLE_KEY, or "
+        "~/.kaggle/kaggle.json)",
+        "  github: no network (DNS failed for codeload.github.invalid)",
+    ]
 
 
 def test_download_usage_errors(runner):
@@ -441,3 +727,19 @@ def test_list_json(runner):
     assert [s["id"] for s in status["sources"]] == ["kaggle", "github", "mendeley"]
     assert status["dataset"]["present"] is False
     assert {"arch": "resnet50", "tag": "resnet50.a1_in1k"}.items() <= status["weights"][3].items()
+
+
+def test_dataset_from_another_copy_refuses_without_force(tmp_path, dataset_zip, smokerdet_home):
+    first, second = tmp_path / "a.zip", tmp_path / "b.zip"
+    first.write_bytes(dataset_zip)
+    second.write_bytes(dataset_zip)
+    assert not download_dataset(from_path=first).already_present
+    assert download_dataset(from_path=first).already_present  # the same import again
+    with pytest.raises(
+        DownloadError, match=r"already installed .*a\.zip\); .*b\.zip was not imported"
+    ) as e:
+        download_dataset(from_path=second)
+    assert "--force" in e.value.hint
+    result = download_dataset(from_path=second, force=True)
+    assert not result.already_present and result.source == f"--from {second}"
+    assert sorted(p.name for p in (smokerdet_home / "datasets").iterdir()) == ["smoker-detection"]

@@ -9,8 +9,8 @@ import pytest
 
 from smokerdet import __version__
 from smokerdet.cli import app, main
+from smokerdet.cli._output import print_error
 from smokerdet.errors import DatasetLayoutError
-from smokerdet.render import print_error
 
 
 def test_version(runner):

@@ -49,9 +49,9 @@ app = typer.Typer(
 
 
 def _fetch(
+    *,
     dataset: bool,
     archs: list[str] | None,
-    *,
     source: str | None = None,
     from_path: Path | None = None,
     force: bool = False,
@@ -114,13 +114,14 @@ def download(
     from smokerdet.errors import ConfigError
 
     if ctx.invoked_subcommand is not None:
-        given = [f for f, on in (("--list", list_), ("--source", source), ("--force", force),
-                 ("--allow-partial", allow_partial), ("--from", from_path), ("--json", json_out))
-                 if on]  # fmt: skip
-        if given:
+        # These options belong to the bare `download`; a sub-command has its own.
+        given = {"--list": list_, "--source": source, "--force": force,
+                 "--allow-partial": allow_partial, "--from": from_path, "--json": json_out}  # fmt: skip
+        misplaced = [flag for flag, value in given.items() if value]
+        if misplaced:
             raise ConfigError(
-                f"{given[0]} goes after the sub-command: "
-                f"`smokerdet download {ctx.invoked_subcommand} {given[0]} ...`"
+                f"{misplaced[0]} goes after the sub-command: "
+                f"`smokerdet download {ctx.invoked_subcommand} {misplaced[0]} ...`"
             )
         return
     if list_:
@@ -138,7 +139,7 @@ def download(
     from smokerdet.model import DEFAULT_ARCH
 
     ds, weights = _fetch(
-        True, [DEFAULT_ARCH], source=source, force=force, allow_partial=allow_partial
+        dataset=True, archs=[DEFAULT_ARCH], source=source, force=force, allow_partial=allow_partial
     )
     _show(ds, weights, json_out)
 
@@ -168,7 +169,12 @@ def dataset(
         smokerdet download dataset --from smoker-detection.zip
     """
     ds, _ = _fetch(
-        True, None, source=source, from_path=from_path, force=force, allow_partial=allow_partial
+        dataset=True,
+        archs=None,
+        source=source,
+        from_path=from_path,
+        force=force,
+        allow_partial=allow_partial,
     )
     _show(ds, None, json_out)
 
@@ -177,7 +183,7 @@ def dataset(
 def weights(
     archs: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[ARCH]...", help="Architectures. Default: resnet50."),
+        typer.Argument(metavar="ARCH", help="Architectures. Default: resnet50."),
     ] = None,
     from_path: Annotated[
         Path | None,
@@ -201,5 +207,7 @@ def weights(
 
     if from_path is not None and len(archs or []) != 1:
         raise ConfigError("--from imports weights for exactly one ARCH")
-    _, fetched = _fetch(False, archs or [DEFAULT_ARCH], from_path=from_path, force=force)
+    _, fetched = _fetch(
+        dataset=False, archs=archs or [DEFAULT_ARCH], from_path=from_path, force=force
+    )
     _show(None, fetched, json_out)

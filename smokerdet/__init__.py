@@ -10,12 +10,13 @@ Example:
 
 from smokerdet.__about__ import __version__
 from smokerdet.checkpoint import LoadedModel, ModelMeta, load_model
+from smokerdet.config import EvalConfig, PredictConfig, TrainConfig
 from smokerdet.data import DataConfig, DatasetSplits, find_dataset, load_image
 from smokerdet.errors import SmokerdetError
-from smokerdet.evaluate import EvalConfig, EvalReport, evaluate
+from smokerdet.evaluate import EvalReport, evaluate
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.predict import Prediction, expand_inputs, predict
-from smokerdet.train import TrainConfig, TrainResult, train
+from smokerdet.train import TrainResult, train
 
 __all__ = [
     "BinaryMetrics",
@@ -25,6 +26,7 @@ __all__ = [
     "EvalReport",
     "LoadedModel",
     "ModelMeta",
+    "PredictConfig",
     "Prediction",
     "SmokerdetError",
     "TrainConfig",

@@ -1,3 +1,6 @@
+"""``python -m smokerdet``: the same as the ``smokerdet`` command."""
+
 from smokerdet.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -13,41 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from smokerdet.checkpoint import load_model
-from smokerdet.data import SPLITS, find_dataset, resolve_data_root
-from smokerdet.errors import ConfigError, DatasetLayoutError
-from smokerdet.inference import DEFAULT_BATCH_SIZE, score_files
+from smokerdet.config import EvalConfig
+from smokerdet.data import find_dataset, resolve_data_root
+from smokerdet.errors import DatasetLayoutError
+from smokerdet.inference import score_files
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.model import pick_device
-
-
-@dataclass
-class EvalConfig:
-    """Options of ``smokerdet eval``."""
-
-    model: str | None = None
-    """Model name, path, ``latest`` or ``default`` (``--model``)."""
-    data: Path | str | None = None
-    """Dataset folder (``--data``); defaults to the downloaded dataset."""
-    split: str = "test"
-    """test, val, train or all (``--split``)."""
-    threshold: float | None = None
-    """Decision threshold; defaults to the checkpoint's (``--threshold``)."""
-    batch_size: int = DEFAULT_BATCH_SIZE
-    """Images per forward pass (``--batch-size``)."""
-    workers: int | None = None
-    """Worker processes (``--workers``): on a CPU each decodes and scores its own batches."""
-    device: str = "auto"
-    """auto, cpu, cuda or mps (``--device``)."""
-    seed: int = 42
-    """Seed of the split for folders without split folders (``--seed``); match training's."""
-
-    def __post_init__(self) -> None:
-        if self.split not in (*SPLITS, "all"):
-            raise ConfigError(f"--split must be test, val, train or all, not {self.split!r}")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from dataclasses import asdict, dataclass, field
 
 from smokerdet.checkpoint import resolve_model, trained_models, versions
 from smokerdet.errors import ModelNotFoundError
@@ -10,42 +11,84 @@ from smokerdet.model import pick_device
 from smokerdet.paths import HOME_ENV, data_dir, datasets_dir, models_dir, weights_dir
 
 
-def gather_info() -> dict[str, Any]:
+@dataclass
+class Folder:
+    """A subfolder of the data dir."""
+
+    path: str
+    exists: bool
+
+
+@dataclass
+class ModelEntry:
+    """One trained model; ``arch`` and the rest are None when its ``model.json`` is unreadable."""
+
+    name: str
+    path: str
+    arch: str | None
+    created: str | None
+    val_f1: float | None
+    valid: bool
+
+
+@dataclass
+class ActiveModel:
+    """The model ``predict`` and ``eval`` use when no ``--model`` is given."""
+
+    name: str
+    path: str
+
+
+@dataclass
+class Info:
+    """Versions, device, data dir and its subfolders, trained models and the active model."""
+
+    versions: dict[str, str]
+    device: str
+    data_dir: str
+    data_dir_from: str
+    folders: dict[str, Folder] = field(default_factory=dict)
+    models: list[ModelEntry] = field(default_factory=list)
+    active_model: ActiveModel | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def gather_info() -> Info:
     """Versions, device, data dir and its subfolders, trained models and the active model.
 
     Example:
         >>> from smokerdet.info import gather_info
-        >>> sorted(gather_info())  # doctest: +SKIP
-        ['active_model', 'data_dir', 'device', 'folders', 'models', 'versions']
+        >>> gather_info().data_dir  # doctest: +SKIP
+        '/home/me/.local/share/smokerdet'
     """
-    import os
-
     models = [
-        {
-            "name": name,
-            "path": str(folder),
-            "arch": meta.arch if meta else None,
-            "created": meta.created if meta else None,
-            "val_f1": (meta.val_metrics or {}).get("f1") if meta else None,
-            "valid": meta is not None,
-        }
+        ModelEntry(
+            name=name,
+            path=str(folder),
+            arch=meta.arch if meta else None,
+            created=meta.created if meta else None,
+            val_f1=(meta.val_metrics or {}).get("f1") if meta else None,
+            valid=meta is not None,
+        )
         for name, folder, meta in trained_models()
     ]
     try:
         name, folder = resolve_model(None)
-        active: dict[str, Any] | None = {"name": name, "path": str(folder)}
+        active: ActiveModel | None = ActiveModel(name, str(folder))
     except ModelNotFoundError:
         active = None
-    return {
-        "versions": versions(),
-        "device": pick_device("auto"),
-        "data_dir": str(data_dir()),
-        "data_dir_from": HOME_ENV if os.environ.get(HOME_ENV) else "platformdirs",
-        "folders": {
-            "datasets": {"path": str(datasets_dir()), "exists": datasets_dir().is_dir()},
-            "weights": {"path": str(weights_dir()), "exists": weights_dir().is_dir()},
-            "models": {"path": str(models_dir()), "exists": models_dir().is_dir()},
+    return Info(
+        versions=versions(),
+        device=pick_device("auto"),
+        data_dir=str(data_dir()),
+        data_dir_from=HOME_ENV if os.environ.get(HOME_ENV) else "platformdirs",
+        folders={
+            "datasets": Folder(str(datasets_dir()), datasets_dir().is_dir()),
+            "weights": Folder(str(weights_dir()), weights_dir().is_dir()),
+            "models": Folder(str(models_dir()), models_dir().is_dir()),
         },
-        "models": models,
-        "active_model": active,
-    }
+        models=models,
+        active_model=active,
+    )

@@ -32,6 +32,7 @@ from smokerdet.checkpoint import (
     load_model,
     save_model,
 )
+from smokerdet.config import TrainConfig
 from smokerdet.data import (
     DataConfig,
     DecodedDataset,
@@ -48,8 +49,6 @@ from smokerdet.inference import score_files
 from smokerdet.metrics import BinaryMetrics, best_threshold, binary_metrics
 from smokerdet.model import (
     DEFAULT_ARCH,
-    MAX_INPUT_SIZE,
-    MIN_INPUT_SIZE,
     check_arch,
     create_model,
     pick_device,
@@ -58,89 +57,6 @@ from smokerdet.model import (
 from smokerdet.paths import models_dir
 
 log = logging.getLogger("smokerdet")
-
-
-@dataclass
-class TrainConfig:
-    """Options of ``smokerdet train``; each check names the flag to change."""
-
-    arch: str = DEFAULT_ARCH
-    """timm model name (``--arch``)."""
-    data: Path | str | None = None
-    """Dataset folder (``--data``); defaults to the downloaded dataset."""
-    epochs: int = 20
-    """Maximum number of fine-tuning epochs (``--epochs``)."""
-    batch_size: int = 32
-    """Images per optimisation step (``--batch-size``)."""
-    lr: float = 5e-4
-    """Peak learning rate of AdamW (``--lr``)."""
-    weight_decay: float = 0.05
-    """AdamW weight decay (``--weight-decay``)."""
-    img_size: int | None = None
-    """Square input size; defaults to the model's own (``--img-size``)."""
-    pretrained: bool = True
-    """Start from timm's ImageNet weights (``--pretrained/--no-pretrained``)."""
-    weights: Path | str | None = None
-    """Local backbone state dict to start from (``--weights``)."""
-    init: str | None = None
-    """An existing smokerdet model to fine-tune: default, a name or a path (``--init``)."""
-    seed: int = 42
-    """Seed for the split, the initialisation and the augmentation (``--seed``)."""
-    name: str | None = None
-    """Model name under the data dir (``--name``); defaults to ARCH-TIMESTAMP."""
-    overwrite: bool = False
-    """Replace an existing model of the same name (``--overwrite``)."""
-    patience: int = 5
-    """Stop after this many epochs without a better validation F1; 0 disables (``--patience``)."""
-    device: str = "auto"
-    """auto, cpu, cuda or mps (``--device``)."""
-    workers: int | None = None
-    """DataLoader worker processes (``--workers``); default: two cores fewer than the machine
-    has, at most 4 (none on a 2-core machine, where workers only steal the model's cores)."""
-    warmup_epochs: float = 1.0
-    """Linear warmup length, in epochs (``--warmup-epochs``)."""
-    label_smoothing: float = 0.0
-    """Pull BCE targets towards 0.5 by this amount (``--label-smoothing``)."""
-    lp_epochs: int = 0
-    """Linear-probe epochs (backbone frozen) before fine-tuning: LP-FT (``--lp-epochs``)."""
-    tta: bool = False
-    """Average the prediction with a horizontally flipped copy at test time (``--tta``)."""
-    half: bool = False
-    """Store the weights in fp16, half the size (``--half``)."""
-    ema: float = 0.0
-    """Keep an exponential moving average of the weights with this decay per step, and
-    validate and save it; 0 disables (``--ema``)."""
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.img_size is not None and not MIN_INPUT_SIZE <= self.img_size <= MAX_INPUT_SIZE:
-            raise ConfigError(
-                f"--img-size must be between {MIN_INPUT_SIZE} and {MAX_INPUT_SIZE}, "
-                f"got {self.img_size}"
-            )
-        if self.patience < 0:
-            raise ConfigError(f"--patience must be >= 0, got {self.patience}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not (self.ema == 0 or 0.5 <= self.ema < 1):
-            raise ConfigError(f"--ema must be 0 (off) or a decay in [0.5, 1), got {self.ema}")
-        if self.lp_epochs < 0:
-            raise ConfigError(f"--lp-epochs must be >= 0, got {self.lp_epochs}")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
-        if self.weights is not None and self.init is not None:
-            raise ConfigError("--weights and --init both say where to start: give one")
-        if self.name is not None:
-            check_name(self.name)
 
 
 @dataclass

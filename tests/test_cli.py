@@ -3,14 +3,16 @@
 import json
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from smokerdet import __version__
 from smokerdet.cli import app, main
+from smokerdet.cli._output import print_error
+from smokerdet.config import EvalConfig, PredictConfig, TrainConfig, field_help
 from smokerdet.errors import DatasetLayoutError
-from smokerdet.render import print_error
 
 
 def test_version(runner):
@@ -18,9 +20,12 @@ def test_version(runner):
     assert r.exit_code == 0 and r.stdout.strip() == f"smokerdet {__version__}"
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "info"])
+@pytest.mark.parametrize(
+    "command",
+    ["train", "eval", "predict", "info", "download", "download dataset", "download weights"],
+)
 def test_each_command_help_has_an_example(runner, command):
-    r = runner.invoke(app, [command, "--help"])
+    r = runner.invoke(app, [*command.split(), "--help"])
     assert r.exit_code == 0
     assert "Example:" in r.stdout and f"smokerdet {command}" in r.stdout
 
@@ -89,3 +94,61 @@ def test_generated_command_docs_are_current():
 
     for path, text in gen_cli_docs.pages().items():
         assert path.read_text() == text, f"{path} is stale: run python scripts/gen_cli_docs.py"
+
+
+def test_every_config_field_has_its_help_text():
+    for cls in (TrainConfig, EvalConfig, PredictConfig):
+        helps = field_help(cls)
+        assert set(helps) == {f.name for f in fields(cls)}, cls
+        assert all(h and "\n" not in h for h in helps.values())
+
+
+def test_help_text_comes_from_the_config(runner):
+    r = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    assert field_help(TrainConfig)["lp_epochs"] in r.stdout
+    r = runner.invoke(app, ["eval", "--help"], terminal_width=200)
+    assert field_help(EvalConfig)["seed"] in r.stdout
+
+
+def test_pretrained_is_off_when_weights_or_init_say_where_to_start():
+    assert TrainConfig().pretrained and TrainConfig().arch == "resnet50"
+    assert not TrainConfig(weights="w.safetensors").pretrained
+
+
+def test_init_keeps_its_arch_and_refuses_a_different_one(runner, model_copy):
+    assert TrainConfig(init=str(model_copy)).arch == "resnet10t"
+    assert TrainConfig(init=str(model_copy), arch="resnet10t").arch == "resnet10t"
+    r = runner.invoke(app, ["train", "--init", str(model_copy), "--arch", "resnet50"])
+    assert r.exit_code == 2
+    assert "Error: --arch resnet50 differs from the --init model's resnet10t" in r.stderr
+    assert "Hint: leave --arch out" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "x.jpg", "--workers", "-1"], "Error: --workers must be >= 0, got -1"),
+        (["eval", "--batch-size", "0"], "Error: --batch-size must be at least 1, got 0"),
+        (["train", "--workers", "-2"], "Error: --workers must be >= 0, got -2"),
+    ],
+)
+def test_range_checks_name_the_flag(runner, args, message):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and message in r.stderr
+
+
+def test_download_sub_command_usage_errors(runner):
+    r = runner.invoke(app, ["download", "--force", "weights"])
+    assert r.exit_code == 2
+    assert "Error: --force goes after the sub-command" in r.stderr
+    r = runner.invoke(app, ["download", "weights", "a", "b", "--from", "w.safetensors"])
+    assert r.exit_code == 2 and "--from imports weights for exactly one ARCH" in r.stderr
+    r = runner.invoke(app, ["download", "dataset", "resnet50"])
+    assert r.exit_code == 2 and "unexpected extra argument" in r.stderr
+
+
+def test_main_maps_usage_errors_and_unexpected_ones(monkeypatch, capsys):
+    assert _run_main(monkeypatch, ["frobnicate"]) == 2
+    assert "No such command 'frobnicate'" in capsys.readouterr().err
+    assert _run_main(monkeypatch, ["--version"]) == 0
+    assert capsys.readouterr().out == f"smokerdet {__version__}\n"

@@ -1,7 +1,7 @@
-"""Rendering of results for people (rich tables on stdout, chatter on stderr) and for scripts.
+"""Everything the CLI prints: rich tables, JSON, JSON Lines, CSV, ``Error:``/``Hint:`` lines.
 
-Only :mod:`smokerdet.cli` uses this module. stdout carries data; progress, warnings and
-errors go to stderr, so ``smokerdet predict --json x | jq`` always works.
+Each renderer takes the typed result of a library function. stdout carries data; progress,
+warnings and errors go to stderr, so ``smokerdet predict --json x | jq`` always works.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,6 +21,13 @@ from rich.table import Table
 
 from smokerdet.errors import SmokerdetError
 from smokerdet.metrics import BinaryMetrics
+
+if TYPE_CHECKING:
+    from smokerdet.download import DatasetResult, WeightsResult
+    from smokerdet.evaluate import EvalReport
+    from smokerdet.info import Info
+    from smokerdet.predict import Prediction
+    from smokerdet.train import EpochStats, TrainResult
 
 
 def out() -> Console:
@@ -33,7 +40,7 @@ def err() -> Console:
     return Console(file=sys.stderr, highlight=False)
 
 
-def print_json(obj: Any) -> None:
+def print_json(obj: object) -> None:
     """One JSON document on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
@@ -47,6 +54,11 @@ def print_error(e: SmokerdetError | str, hint: str | None = None) -> None:
     if hint:
         sys.stderr.write(f"Hint: {hint}\n")
     sys.stderr.flush()
+
+
+def print_warning(message: str) -> None:
+    """``Warning: ...`` on stderr, as plain text."""
+    sys.stderr.write(f"Warning: {message}\n")
 
 
 class StderrHandler(logging.Handler):
@@ -126,32 +138,29 @@ def csv_writer(f: IO[str]) -> Any:
     return w
 
 
-def render_info(info: dict[str, Any]) -> None:
+def render_info(info: Info) -> None:
     """``smokerdet info`` as tables."""
     console = out()
     table = Table(title="smokerdet", title_justify="left", show_header=False)
     table.add_column("key")
     table.add_column("value", overflow="fold")
-    for k, v in info["versions"].items():
+    for k, v in info.versions.items():
         table.add_row(k, v)
-    table.add_row("device", info["device"])
-    table.add_row("data dir", f"{info['data_dir']} (from {info['data_dir_from']})")
-    for k, v in info["folders"].items():
-        table.add_row(f"  {k}/", f"{v['path']}" + ("" if v["exists"] else " (not created yet)"))
-    active = info["active_model"]
-    table.add_row("active model", f"{active['name']} ({active['path']})" if active else "none")
+    table.add_row("device", info.device)
+    table.add_row("data dir", f"{info.data_dir} (from {info.data_dir_from})")
+    for k, folder in info.folders.items():
+        table.add_row(f"  {k}/", folder.path + ("" if folder.exists else " (not created yet)"))
+    active = info.active_model
+    table.add_row("active model", f"{active.name} ({active.path})" if active else "none")
     console.print(table)
     models = Table(title="Trained models", title_justify="left")
     for col in ("name", "arch", "created", "val F1"):
         models.add_column(col)
-    for m in info["models"]:
+    for m in info.models:
         models.add_row(
-            escape(m["name"]),
-            m["arch"] or "[red]unreadable[/red]",
-            m["created"] or "-",
-            fmt(m["val_f1"]),
+            escape(m.name), m.arch or "[red]unreadable[/red]", m.created or "-", fmt(m.val_f1)
         )
-    if info["models"]:
+    if info.models:
         console.print(models)
     else:
         console.print("No trained models yet.")
@@ -216,7 +225,7 @@ class RichTrainReporter:
     def on_step(self, loss: float) -> None:
         self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
 
-    def on_epoch_end(self, s: Any) -> None:
+    def on_epoch_end(self, s: EpochStats) -> None:
         self.progress.stop()
         mark = " *" if s.improved else (" (probe)" if s.phase == "probe" else "")
         self.console.print(
@@ -227,7 +236,7 @@ class RichTrainReporter:
         )
 
 
-def render_train(result: Any) -> None:
+def render_train(result: TrainResult) -> None:
     """Summary of a training run on stdout."""
     console = out()
     table = Table(title=f"Trained {result.name}", title_justify="left", show_header=False)
@@ -250,7 +259,7 @@ def render_train(result: Any) -> None:
     console.print(f"Saved to {escape(str(result.path))}")
 
 
-def render_eval(report: Any) -> None:
+def render_eval(report: EvalReport) -> None:
     """``smokerdet eval`` as tables."""
     title = f"{report.model} on {report.split} split of {report.data} ({report.metrics.n} images)"
     print_metrics(report.metrics, escape(title))
@@ -270,7 +279,7 @@ class PredictSummary:
 
 
 def render_predictions(
-    rows: Iterable[Any],
+    rows: Iterable[Prediction],
     *,
     total: int,
     json_lines: bool,
@@ -283,7 +292,7 @@ def render_predictions(
     from contextlib import ExitStack
 
     summary = PredictSummary(total=total)
-    table_rows: list[Any] = []
+    table_rows: list[Prediction] = []
     with ExitStack() as stack:
         writer = None
         if csv_path is not None:
@@ -401,26 +410,40 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def render_download(result: dict[str, Any]) -> None:
+def download_json(
+    dataset: DatasetResult | None, weights: list[WeightsResult] | None
+) -> dict[str, Any]:
+    """What ``smokerdet download --json`` prints: only the parts that were asked for."""
+    out: dict[str, Any] = {}
+    if dataset is not None:
+        out["dataset"] = dataset.to_dict()
+    if weights is not None:
+        out["weights"] = [w.to_dict() for w in weights]
+    return out
+
+
+def render_download(dataset: DatasetResult | None, weights: list[WeightsResult] | None) -> None:
     """What ``smokerdet download`` did, for people."""
     console = out()
-    ds = result.get("dataset")
-    if ds:
-        if ds["already_present"]:
-            console.print(f"Dataset: already present at {escape(ds['path'])}")
+    if dataset is not None:
+        if dataset.already_present:
+            console.print(f"Dataset: already present at {escape(dataset.path)}")
         else:
-            v = ds["verify"]
-            console.print(f"Dataset: installed at {escape(ds['path'])} from {escape(ds['source'])}")
-            splits = ", ".join(f"{k} {n}" for k, n in v["per_split"].items())
             console.print(
-                f"  {v['total']} images ({splits}); SHA-256 matched "
-                f"{v['hashes_matched']} of {v['hashes_total']} published files"
+                f"Dataset: installed at {escape(dataset.path)} from {escape(dataset.source)}"
             )
-        for note in ds.get("notes", []):
+            v = dataset.verify
+            if v is not None:
+                splits = ", ".join(f"{k} {n}" for k, n in v.per_split.items())
+                console.print(
+                    f"  {v.total} images ({splits}); SHA-256 matched "
+                    f"{v.hashes_matched} of {v.hashes_total} published files"
+                )
+        for note in dataset.notes:
             err().print(f"Warning: {escape(note)}")
-    for w in result.get("weights", []):
-        state = "already present" if w["already_present"] else "installed"
-        console.print(f"Weights {w['arch']} ({w['tag']}): {state} at {escape(w['path'])}")
+    for w in weights or []:
+        state = "already present" if w.already_present else "installed"
+        console.print(f"Weights {w.arch} ({w.tag}): {state} at {escape(w.path)}")
 
 
 def render_download_list(status: dict[str, Any]) -> None:

@@ -1,0 +1,129 @@
+"""The ``smokerdet`` command: one module per command, wired into one Typer app here.
+
+Each command module parses its options into a config of :mod:`smokerdet.config`, calls one
+library function and hands the typed result to :mod:`smokerdet.cli._output`. :func:`main` is
+the one place where errors become ``Error:``/``Hint:`` lines and exit codes; a traceback
+appears only with ``SMOKERDET_DEBUG=1``. Test runners that invoke :data:`app` go through
+:func:`main` too, so they see exactly what a user sees.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from smokerdet.__about__ import __version__
+from smokerdet.errors import Interrupted, SmokerdetError
+
+DEBUG_ENV = "SMOKERDET_DEBUG"
+
+#: What a Ctrl-C in each command leaves behind, and how to go on.
+INTERRUPT_HINTS = {
+    "download": "run the same command again: the download resumes where it stopped",
+    "predict": "rows already printed are complete; run again for the rest",
+}
+
+
+class _Root(TyperGroup):
+    """The root command: every run, from a shell or a test runner, goes through :func:`main`."""
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> None:
+        main(args, prog_name=prog_name or "smokerdet", **extra)
+
+    def run(self, args: Sequence[str] | None, prog_name: str, **extra: Any) -> None:
+        """Click's own run: usage errors, ``--help`` and ``typer.Exit`` become exit codes."""
+        super().main(args, prog_name, **extra)
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        # Ctrl-C says which command stopped and how to go on (click would only exit 130).
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            name = ctx.invoked_subcommand or "smokerdet"
+            raise Interrupted(f"{name} interrupted", hint=INTERRUPT_HINTS.get(name)) from None
+
+
+app = typer.Typer(
+    name="smokerdet",
+    cls=_Root,
+    help="Tell whether people in photos are smoking.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"smokerdet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Tell whether people in photos are smoking.
+
+    Start with `smokerdet predict photos/` (uses the model shipped with smokerdet), or
+    train your own with `smokerdet train --data DIR`.
+    """
+
+
+def _register() -> None:
+    from smokerdet.cli import download, eval, info, predict, train
+
+    app.command("info")(info.info)
+    app.add_typer(download.app, name="download")
+    app.command("train")(train.train)
+    app.command("eval")(eval.eval_)
+    app.command("predict")(predict.predict)
+
+
+_register()
+
+
+def main(args: Sequence[str] | None = None, prog_name: str = "smokerdet", **extra: Any) -> None:
+    """Console-script entry point: run a command, and turn any error into its exit code.
+
+    Exit codes: 0 done, 1 an error, 2 bad usage, 3 some images failed (``predict``),
+    130 interrupted. Never returns: it always exits with ``SystemExit``.
+    """
+    from smokerdet.cli._output import print_error, setup_logging
+
+    setup_logging()
+    debug = os.environ.get(DEBUG_ENV) == "1"
+    root = typer.main.get_command(app)
+    assert isinstance(root, _Root)
+    try:
+        root.run(args, prog_name, **extra)  # exits itself, unless an error escapes
+        code = 0
+    except SmokerdetError as e:
+        if debug:
+            raise
+        print_error(e)
+        code = e.exit_code
+    except Exception as e:  # last resort: no traceback for users unless they ask
+        if debug:
+            raise
+        print_error(
+            f"unexpected {type(e).__name__}: {e}",
+            hint=f"rerun with {DEBUG_ENV}=1 for a traceback, and please report it",
+        )
+        code = 1
+    sys.exit(code)
+
+
+__all__ = ["app", "main"]

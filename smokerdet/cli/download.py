@@ -1,0 +1,213 @@
+"""``smokerdet download``, ``download dataset`` and ``download weights``.
+
+Each sub-command calls one function of :mod:`smokerdet.download`; the bare ``download`` runs
+both with their defaults, and ``download --list`` shows what is there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from smokerdet.cli._options import JsonOpt
+
+if TYPE_CHECKING:
+    from smokerdet.download import DatasetResult, WeightsResult
+
+SourceOpt = Annotated[
+    str | None,
+    typer.Option("--source", metavar="NAME|URL", help="Dataset source id, or an archive URL."),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Fetch again even if present.")]
+PartialOpt = Annotated[
+    bool, typer.Option("--allow-partial", help="Accept a dataset copy that lacks whole splits.")
+]
+ListOpt = Annotated[
+    bool, typer.Option("--list", help="Show sources, architectures and what is present.")
+]
+# Only there to say where --from goes: the bare `download` can't know what a file is.
+BareFromOpt = Annotated[Path | None, typer.Option("--from", hidden=True)]
+
+
+class _DownloadGroup(TyperGroup):
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:  # type: ignore[override]
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            ctx.fail(f"download takes 'dataset' or 'weights ARCH...', not {args[0]!r}")
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(
+    cls=_DownloadGroup,
+    invoke_without_command=True,
+    no_args_is_help=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _fetch(
+    *,
+    dataset: bool,
+    archs: list[str] | None,
+    source: str | None = None,
+    from_path: Path | None = None,
+    force: bool = False,
+    allow_partial: bool = False,
+) -> tuple[DatasetResult | None, list[WeightsResult] | None]:
+    """Fetch the dataset and/or the weights of ``archs``, with a progress bar on stderr."""
+    from smokerdet.cli._output import DownloadProgress
+    from smokerdet.download import HttpOptions, download_dataset, download_weights
+
+    with DownloadProgress() as progress:
+        options = HttpOptions(progress=progress.update)
+        ds = None
+        if dataset:
+            ds = download_dataset(
+                source=source,
+                from_path=from_path,
+                force=force,
+                allow_partial=allow_partial,
+                options=options,
+            )
+        weights = None
+        if archs is not None:
+            weights = [
+                download_weights(arch, from_path=from_path, force=force, options=options)
+                for arch in archs
+            ]
+    return ds, weights
+
+
+def _show(dataset: DatasetResult | None, weights: list[WeightsResult] | None, json: bool) -> None:
+    from smokerdet.cli._output import download_json, print_json, render_download
+
+    print_json(download_json(dataset, weights)) if json else render_download(dataset, weights)
+
+
+@app.callback()
+def download(
+    ctx: typer.Context,
+    list_: ListOpt = False,
+    source: SourceOpt = None,
+    force: ForceOpt = False,
+    allow_partial: PartialOpt = False,
+    from_path: BareFromOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download (or import) the dataset and pretrained weights into the data dir.
+
+    Everything is verified before it is used: the dataset's structure and each file's
+    SHA-256, the weights by loading them into their architecture. Interrupted downloads
+    resume. Run twice, it says "already present" and touches no network. With no
+    sub-command: the dataset and the resnet50 weights.
+
+    Example:
+
+    \b
+        smokerdet download
+        smokerdet download dataset --from smoker-detection.zip
+        smokerdet download weights resnet50 --from resnet50_a1_in1k.safetensors
+    """
+    from smokerdet.errors import ConfigError
+
+    if ctx.invoked_subcommand is not None:
+        # These options belong to the bare `download`; a sub-command has its own.
+        given = {"--list": list_, "--source": source, "--force": force,
+                 "--allow-partial": allow_partial, "--from": from_path, "--json": json_out}  # fmt: skip
+        misplaced = [flag for flag, value in given.items() if value]
+        if misplaced:
+            raise ConfigError(
+                f"{misplaced[0]} goes after the sub-command: "
+                f"`smokerdet download {ctx.invoked_subcommand} {misplaced[0]} ...`"
+            )
+        return
+    if list_:
+        from smokerdet.cli._output import print_json, render_download_list
+        from smokerdet.download import list_status
+
+        status = list_status()
+        print_json(status) if json_out else render_download_list(status)
+        return
+    if from_path is not None:
+        raise ConfigError(
+            "--from needs to know what it is: `download dataset --from` or "
+            "`download weights ARCH --from`"
+        )
+    from smokerdet.model import DEFAULT_ARCH
+
+    ds, weights = _fetch(
+        dataset=True, archs=[DEFAULT_ARCH], source=source, force=force, allow_partial=allow_partial
+    )
+    _show(ds, weights, json_out)
+
+
+@app.command("dataset")
+def dataset(
+    source: SourceOpt = None,
+    from_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", metavar="PATH", help="Import a local .zip/.tar/.tar.gz file or a folder."
+        ),
+    ] = None,
+    force: ForceOpt = False,
+    allow_partial: PartialOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download (or import) the Smoker Detection dataset, verified.
+
+    The sources are tried in order (see `smokerdet download --list`); the first that works
+    is kept.
+
+    Example:
+
+    \b
+        smokerdet download dataset
+        smokerdet download dataset --from smoker-detection.zip
+    """
+    ds, _ = _fetch(
+        dataset=True,
+        archs=None,
+        source=source,
+        from_path=from_path,
+        force=force,
+        allow_partial=allow_partial,
+    )
+    _show(ds, None, json_out)
+
+
+@app.command("weights")
+def weights(
+    archs: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="ARCH", help="Architectures. Default: resnet50."),
+    ] = None,
+    from_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", metavar="FILE", help="Import a local .safetensors or .pth file (one ARCH)."
+        ),
+    ] = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download (or import) ImageNet weights, checked to load into their architecture.
+
+    Example:
+
+    \b
+        smokerdet download weights resnet50 convnext_tiny
+        smokerdet download weights resnet50 --from resnet50_a1_in1k.safetensors
+    """
+    from smokerdet.errors import ConfigError
+    from smokerdet.model import DEFAULT_ARCH
+
+    if from_path is not None and len(archs or []) != 1:
+        raise ConfigError("--from imports weights for exactly one ARCH")
+    _, fetched = _fetch(
+        dataset=False, archs=archs or [DEFAULT_ARCH], from_path=from_path, force=force
+    )
+    _show(None, fetched, json_out)

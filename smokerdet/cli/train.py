@@ -1,0 +1,113 @@
+"""``smokerdet train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from smokerdet.cli._options import DEFAULT_DEVICE, DataOpt, DeviceOpt, JsonOpt, option
+from smokerdet.config import TrainConfig as C
+
+# Options only `train` has; help texts are TrainConfig's field docstrings.
+ArchOpt = Annotated[str | None, option(C, "arch", "--arch", "-a", metavar="ARCH")]
+EpochsOpt = Annotated[int, option(C, "epochs", "--epochs", "-e")]
+BatchOpt = Annotated[int, option(C, "batch_size", "--batch-size", "-b")]
+LrOpt = Annotated[float, option(C, "lr")]
+WeightDecayOpt = Annotated[float, option(C, "weight_decay")]
+WarmupOpt = Annotated[float, option(C, "warmup_epochs")]
+ImgSizeOpt = Annotated[int | None, option(C, "img_size")]
+PretrainedOpt = Annotated[bool, option(C, "pretrained", "--pretrained/--no-pretrained")]
+WeightsOpt = Annotated[Path | None, option(C, "weights", metavar="FILE")]
+InitOpt = Annotated[str | None, option(C, "init", metavar="default|NAME|PATH")]
+SeedOpt = Annotated[int, option(C, "seed")]
+NameOpt = Annotated[str | None, option(C, "name", metavar="NAME")]
+OverwriteOpt = Annotated[bool, option(C, "overwrite")]
+PatienceOpt = Annotated[int, option(C, "patience")]
+WorkersOpt = Annotated[int | None, option(C, "workers")]
+LpEpochsOpt = Annotated[int, option(C, "lp_epochs")]
+SmoothingOpt = Annotated[float, option(C, "label_smoothing")]
+TtaOpt = Annotated[bool, option(C, "tta")]
+EmaOpt = Annotated[float, option(C, "ema")]
+HalfOpt = Annotated[bool, option(C, "half")]
+ResumeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        metavar="NAME",
+        help="Continue an interrupted run from its last finished epoch (other options come "
+        "from that run).",
+    ),
+]
+
+
+def train(
+    arch: ArchOpt = C.arch,
+    data: DataOpt = None,
+    epochs: EpochsOpt = C.epochs,
+    batch_size: BatchOpt = C.batch_size,
+    lr: LrOpt = C.lr,
+    weight_decay: WeightDecayOpt = C.weight_decay,
+    warmup_epochs: WarmupOpt = C.warmup_epochs,
+    img_size: ImgSizeOpt = C.img_size,
+    pretrained: PretrainedOpt = C.pretrained,
+    weights: WeightsOpt = None,
+    init: InitOpt = C.init,
+    seed: SeedOpt = C.seed,
+    name: NameOpt = C.name,
+    overwrite: OverwriteOpt = C.overwrite,
+    patience: PatienceOpt = C.patience,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    workers: WorkersOpt = C.workers,
+    lp_epochs: LpEpochsOpt = C.lp_epochs,
+    label_smoothing: SmoothingOpt = C.label_smoothing,
+    tta: TtaOpt = C.tta,
+    ema: EmaOpt = C.ema,
+    half: HalfOpt = C.half,
+    resume: ResumeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a model on labelled photos and save it in the data dir.
+
+    The best epoch by validation F1 is kept, and its decision threshold is chosen on the
+    validation split.
+
+    Example:
+
+    \b
+        smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
+    """
+    from smokerdet.cli._output import RichTrainReporter, print_json, render_train
+    from smokerdet.train import resume_training
+    from smokerdet.train import train as run_train
+
+    if resume is not None:
+        result = resume_training(resume, RichTrainReporter())
+    else:
+        cfg = C(
+            arch=arch,
+            data=data,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            img_size=img_size,
+            pretrained=pretrained,
+            weights=weights,
+            init=init,
+            seed=seed,
+            name=name,
+            overwrite=overwrite,
+            patience=patience,
+            device=device.value,
+            workers=workers,
+            lp_epochs=lp_epochs,
+            label_smoothing=label_smoothing,
+            tta=tta,
+            ema=ema,
+            half=half,
+        )
+        result = run_train(cfg, RichTrainReporter())
+    print_json(result.to_dict()) if json_out else render_train(result)

@@ -1,0 +1,237 @@
+"""The options of each command, declared once: defaults, checks and help text.
+
+Each field's docstring is the ``--help`` text of its option (the CLI reads it with
+:func:`field_help`), each default is the option's default, and ``__post_init__`` holds every
+check, with messages that name the ``--flag``. The option of a field is its name with dashes
+(``batch_size`` is ``--batch-size``). Nothing here imports torch.
+
+Example:
+    >>> from smokerdet.config import TrainConfig
+    >>> TrainConfig(arch="resnet10t", epochs=2).batch_size
+    32
+    >>> TrainConfig(epochs=0)
+    Traceback (most recent call last):
+    ...
+    smokerdet.errors.ConfigError: --epochs must be at least 1, got 0
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from smokerdet.data import SPLITS
+from smokerdet.errors import ConfigError, SmokerdetError
+from smokerdet.inference import DEFAULT_BATCH_SIZE
+from smokerdet.model import DEFAULT_ARCH, MAX_INPUT_SIZE, MIN_INPUT_SIZE
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@functools.cache
+def field_help(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string right under it), as one line of help.
+
+    Example:
+        >>> field_help(TrainConfig)["epochs"]
+        'Maximum fine-tuning epochs.'
+    """
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # base classes first; subclasses override
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source (frozen app): help without text, not a crash
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                found[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return found
+
+
+def _check_common(
+    *, batch_size: int, workers: int | None, device: str, threshold: float | None = None
+) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``smokerdet train``; each check names the flag to change."""
+
+    arch: str | None = None
+    """Any timm model name. Default: resnet50, or with --init the model's own."""
+    data: Path | str | None = None
+    """Dataset folder. Default: the downloaded dataset."""
+    epochs: int = 20
+    """Maximum fine-tuning epochs."""
+    batch_size: int = 32
+    """Images per optimisation step."""
+    lr: float = 5e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    img_size: int | None = None
+    """Square input size. Default: the model's own."""
+    pretrained: bool = True
+    """Start from timm's ImageNet weights (fails if they can't be had; never silently random).
+    Off with --weights or --init, which say where to start."""
+    weights: Path | str | None = None
+    """Local backbone state dict (.safetensors or .pth)."""
+    init: str | None = None
+    """Fine-tune an existing smokerdet model: 'default', a name or a path. Keeps its
+    architecture and preprocessing."""
+    seed: int = 42
+    """Random seed (data split, init, augmentation)."""
+    name: str | None = None
+    """Model name. Default: ARCH-TIMESTAMP."""
+    overwrite: bool = False
+    """Replace an existing model of that --name."""
+    patience: int = 5
+    """Early-stopping patience in epochs (0: off)."""
+    device: str = "auto"
+    """Where to run."""
+    workers: int | None = None
+    """Augmentation worker processes. Default: two fewer than the cores, at most 4 (none on a
+    2-core machine, where workers only steal the model's cores)."""
+    warmup_epochs: float = 1.0
+    """Linear warmup length, in epochs."""
+    label_smoothing: float = 0.0
+    """BCE label smoothing: pull the targets towards 0.5 by this amount."""
+    lp_epochs: int = 0
+    """Linear-probe epochs (backbone frozen) before fine-tuning (LP-FT)."""
+    tta: bool = False
+    """Store horizontal-flip test-time augmentation."""
+    half: bool = False
+    """Store the weights in fp16, half the size."""
+    ema: float = 0.0
+    """EMA decay per step for the validated and saved weights (0: off, e.g. 0.99)."""
+
+    def __post_init__(self) -> None:
+        _check_common(batch_size=self.batch_size, workers=self.workers, device=self.device)
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.img_size is not None and not MIN_INPUT_SIZE <= self.img_size <= MAX_INPUT_SIZE:
+            raise ConfigError(
+                f"--img-size must be between {MIN_INPUT_SIZE} and {MAX_INPUT_SIZE}, "
+                f"got {self.img_size}"
+            )
+        if self.patience < 0:
+            raise ConfigError(f"--patience must be >= 0, got {self.patience}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not (self.ema == 0 or 0.5 <= self.ema < 1):
+            raise ConfigError(f"--ema must be 0 (off) or a decay in [0.5, 1), got {self.ema}")
+        if self.lp_epochs < 0:
+            raise ConfigError(f"--lp-epochs must be >= 0, got {self.lp_epochs}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.weights is not None and self.init is not None:
+            raise ConfigError("--weights and --init both say where to start: give one")
+        if self.name is not None:
+            from smokerdet.checkpoint import check_name
+
+            check_name(self.name)
+        self._decide_start()
+
+    def _decide_start(self) -> None:
+        """Settle ``arch`` and ``pretrained``: the one place that decides where training starts."""
+        if self.weights is not None or self.init is not None:
+            self.pretrained = False  # the given weights are the start, not ImageNet's
+        if self.init is None:
+            self.arch = self.arch or DEFAULT_ARCH
+            return
+        init_arch = _model_arch(self.init)
+        if self.arch is not None and init_arch is not None and self.arch != init_arch:
+            raise ConfigError(
+                f"--arch {self.arch} differs from the --init model's {init_arch}: --init "
+                "fine-tunes that model, so its architecture can't change",
+                hint="leave --arch out, or drop --init to train a new model of that --arch",
+            )
+        self.arch = self.arch or init_arch or DEFAULT_ARCH
+
+
+def _model_arch(spec: str) -> str | None:
+    """The architecture of model ``spec``, or None if it can't be read here.
+
+    A missing or broken model is reported by ``train`` when it loads it, with its own hint.
+    """
+    from smokerdet.checkpoint import read_meta, resolve_model
+
+    try:
+        return read_meta(resolve_model(spec)[1]).arch
+    except SmokerdetError:
+        return None
+
+
+@dataclass
+class ScoringConfig:
+    """Options shared by the commands that score images with a trained model."""
+
+    model: str | None = None
+    """Model name, folder, 'latest' or 'default'. Default: the latest trained model, else the
+    model shipped with smokerdet."""
+    threshold: float | None = None
+    """Probability from which a photo is 'smoking'. Default: the model's."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Images per batch."""
+    workers: int | None = None
+    """Worker processes. On a CPU each decodes and scores its own batches (one per core, at
+    most 4, by default; 0: all in this process); on a GPU they decode."""
+    device: str = "auto"
+    """Where to run."""
+
+    def __post_init__(self) -> None:
+        _check_common(
+            batch_size=self.batch_size,
+            workers=self.workers,
+            device=self.device,
+            threshold=self.threshold,
+        )
+
+
+@dataclass
+class EvalConfig(ScoringConfig):
+    """Options of ``smokerdet eval``."""
+
+    data: Path | str | None = None
+    """Dataset folder. Default: the downloaded dataset."""
+    split: str = "test"
+    """Which split to score: test, val, train or all."""
+    seed: int = 42
+    """Seed of the split of a folder without split folders; use training's."""
+
+    def __post_init__(self) -> None:
+        if self.split not in (*SPLITS, "all"):
+            raise ConfigError(f"--split must be test, val, train or all, not {self.split!r}")
+        super().__post_init__()
+
+
+@dataclass
+class PredictConfig(ScoringConfig):
+    """Options of ``smokerdet predict`` (the paths to label are its arguments)."""
+
+    recursive: bool = True
+    """Walk folders recursively."""

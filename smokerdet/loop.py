@@ -70,6 +70,9 @@ log = logging.getLogger("smokerdet")
 #: A loss to train with instead of BCE: ``criterion(logits, inputs, targets) -> loss``.
 Criterion = Callable[[Any, Any, Any], Any]
 
+#: Validation images per forward pass (the result does not depend on it).
+VAL_BATCH_SIZE = 64
+
 #: Where the resumable state lives inside a model folder while training runs.
 RESUME_DIR = "resume"
 
@@ -529,27 +532,49 @@ def as_saved(model: Any, half: bool) -> Any:
     return twin
 
 
-def validate(state: LoopState, data: TrainData) -> Validation | None:
-    """Score the validation split with the weights that would be saved, as predict would.
+def score_validation(loaded: LoadedModel, x: Any, y: list[int], device: str) -> Validation:
+    """Validation numbers of ``loaded`` on eval-transformed tensors ``x`` with labels ``y``.
 
-    The forward pass is :func:`smokerdet.inference.forward_probs` (with the model's TTA) on
-    the tensors of :func:`eval_tensors`; the threshold is picked on these probabilities.
-    None when there is no usable validation image.
+    The forward pass is :func:`smokerdet.inference.forward_probs`, the one behind eval and
+    predict (with the model's TTA); the threshold is picked on its probabilities.
     """
     import torch
 
+    probs: list[float] = []
+    for i in range(0, len(x), VAL_BATCH_SIZE):
+        probs += forward_probs(loaded, x[i : i + VAL_BATCH_SIZE], device)
+    target = torch.tensor(y, dtype=torch.float32)
+    loss = torch.nn.functional.binary_cross_entropy(torch.tensor(probs), target).item()
+    threshold = best_threshold(y, probs)
+    return Validation(loss, threshold, binary_metrics(y, probs, threshold))
+
+
+def validate(state: LoopState, data: TrainData) -> Validation | None:
+    """Score the validation split with the weights that would be saved, as predict would.
+
+    None when there is no usable validation image.
+    """
     if data.val_x is None:
         return None
     model = as_saved(state.scored_model, state.cfg.half).eval()
     loaded = LoadedModel(model=model, meta=state.meta, path=state.folder, name=state.folder.name)
-    size = max(state.cfg.batch_size, 64)
-    probs: list[float] = []
-    for i in range(0, len(data.val_x), size):
-        probs += forward_probs(loaded, data.val_x[i : i + size], state.device)
-    target = torch.tensor(data.val_y, dtype=torch.float32)
-    loss = torch.nn.functional.binary_cross_entropy(torch.tensor(probs), target).item()
-    threshold = best_threshold(data.val_y, probs)
-    return Validation(loss, threshold, binary_metrics(data.val_y, probs, threshold))
+    return score_validation(loaded, data.val_x, data.val_y, state.device)
+
+
+def calibrate(loaded: LoadedModel, samples: Sequence[Sample], device: str = "cpu") -> Validation:
+    """Validation numbers of a model changed outside training (weight averaging, fp16).
+
+    Store them with ``meta.threshold = v.threshold; meta.val_metrics = v.metrics.to_dict()``
+    before :func:`smokerdet.checkpoint.save_model`.
+
+    Raises:
+        DatasetLayoutError: none of ``samples`` could be read.
+    """
+    x, y, _ = eval_tensors(samples, loaded.meta.data_config)
+    if x is None:
+        raise DatasetLayoutError(f"none of the {len(samples)} validation images could be read")
+    loaded.model.eval().to(device)
+    return score_validation(loaded, x, y, device)
 
 
 def keep_if_best(state: LoopState, val: Validation | None) -> bool:

@@ -15,13 +15,10 @@ and calibrates it.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import math
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,15 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smokerdet.checkpoint import (
-    META_FILE,
-    LoadedModel,
-    ModelMeta,
-    atomic_write_bytes,
-    atomic_write_json,
-    load_model,
-    save_model,
-)
+from smokerdet.checkpoint import LoadedModel, ModelMeta, load_model, save_model
 from smokerdet.data import (
     DataConfig,
     DatasetSplits,
@@ -51,16 +40,11 @@ from smokerdet.data import (
     resolve_data_root,
     train_transform,
 )
-from smokerdet.errors import (
-    CheckpointError,
-    ConfigError,
-    DatasetLayoutError,
-    Interrupted,
-    ModelNotFoundError,
-)
+from smokerdet.errors import ConfigError, DatasetLayoutError, Interrupted
 from smokerdet.inference import forward_probs
 from smokerdet.metrics import BinaryMetrics, best_threshold, binary_metrics
 from smokerdet.model import DEFAULT_ARCH, check_arch, create_model, resolve_data_config
+from smokerdet.resume import ResumeState, write_resume_files
 
 if TYPE_CHECKING:
     from smokerdet.train import TrainConfig
@@ -72,9 +56,6 @@ Criterion = Callable[[Any, Any, Any], Any]
 
 #: Validation images per forward pass (the result does not depend on it).
 VAL_BATCH_SIZE = 64
-
-#: Where the resumable state lives inside a model folder while training runs.
-RESUME_DIR = "resume"
 
 
 @dataclass
@@ -670,20 +651,7 @@ def interrupted(state: LoopState) -> TrainingInterrupted:
 
 
 # ---------------------------------------------------------------------------------------------
-# Resumable state: safetensors for the tensors, JSON for the rest; no pickle.
-
-
-@dataclass
-class ResumeState:
-    """A resumable state as read from disk."""
-
-    json: dict[str, Any]
-    tensors: dict[str, Any]
-
-    @property
-    def epoch(self) -> int:
-        """The last epoch that finished before the interruption."""
-        return int(self.json["epoch"])
+# Resumable state: what goes into it (the file format is smokerdet.resume's)
 
 
 def _cpu(tensors: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -698,18 +666,13 @@ def _load_prefixed(module: Any, tensors: dict[str, Any], prefix: str) -> None:
 
 def write_resume_state(state: LoopState) -> None:
     """Atomically write everything needed to continue after ``state.epoch``."""
-    from safetensors.torch import save
-
     tensors = _cpu(state.model.state_dict(), "model.")
     if state.ema is not None:
         tensors.update(_cpu(state.ema.state_dict(), "ema."))
     opt = state.optimizer.state_dict()
     for pid, st in opt["state"].items():
         tensors.update(_cpu(st, f"opt.{pid}."))
-    blob = save(tensors)
-    tensors_file = f"state-{state.epoch:04d}.safetensors"
     info = {
-        "format_version": 1,
         "epoch": state.epoch,
         "config": config_to_dict(state.cfg),
         "meta": state.meta.to_dict(),
@@ -719,51 +682,8 @@ def write_resume_state(state: LoopState) -> None:
         "best_epoch": state.best_epoch,
         "stale": state.stale,
         "history": [asdict(h) for h in state.history],
-        "tensors_file": tensors_file,
-        "tensors_sha256": hashlib.sha256(blob).hexdigest(),
     }
-    # New tensors under a new name, then the JSON that points at them, then the old tensors
-    # go: whenever a kill lands, state.json names a complete file.
-    target = state.folder / RESUME_DIR
-    try:
-        atomic_write_bytes(target / tensors_file, blob)
-        atomic_write_json(target / "state.json", info)
-    except OSError as e:
-        raise CheckpointError(
-            f"cannot save the resumable state to {target}: {e.strerror or e}; the previous "
-            "epoch's state is kept",
-            hint="free some disk space or check permissions",
-        ) from None
-    for old in target.glob("state-*.safetensors"):
-        if old.name != tensors_file:
-            old.unlink(missing_ok=True)
-
-
-def read_resume_state(folder: Path) -> ResumeState:
-    """Read and check a resumable state; the JSON names the tensors file's SHA-256."""
-    from safetensors.torch import load
-
-    path = folder / RESUME_DIR / "state.json"
-    if not path.is_file():
-        done = (folder / META_FILE).is_file()
-        raise ModelNotFoundError(
-            f"nothing to resume for {folder.name!r}"
-            + (": its training finished" if done else ": no such interrupted run"),
-            hint="list models with `smokerdet info`",
-        )
-    try:
-        info = json.loads(path.read_text())
-        name = str(info.get("tensors_file", ""))
-        if not re.fullmatch(r"state-\d{4}\.safetensors", name):
-            raise ValueError(f"bad tensors_file {name!r}")
-        blob = (folder / RESUME_DIR / name).read_bytes()
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"resume state of {folder.name!r} is unreadable ({e})") from None
-    if hashlib.sha256(blob).hexdigest() != info.get("tensors_sha256"):
-        raise CheckpointError(
-            f"resume state of {folder.name!r} is torn (tensors do not match state.json)"
-        )
-    return ResumeState(json=info, tensors=load(blob))
+    write_resume_files(state.folder, info, tensors)
 
 
 def restore_progress(state: LoopState, saved: ResumeState) -> None:

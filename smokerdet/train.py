@@ -22,7 +22,6 @@ from typing import Any
 from smokerdet.checkpoint import check_name, model_lock
 from smokerdet.errors import ConfigError
 from smokerdet.loop import (
-    RESUME_DIR,
     Criterion,
     EpochStats,
     Start,
@@ -31,13 +30,13 @@ from smokerdet.loop import (
     interrupted,
     phases,
     prepare,
-    read_resume_state,
     run_phase,
     start_info,
 )
 from smokerdet.metrics import BinaryMetrics
 from smokerdet.model import DEFAULT_ARCH, MAX_INPUT_SIZE, MIN_INPUT_SIZE, pick_device
 from smokerdet.paths import models_dir
+from smokerdet.resume import RESUME_DIR, read_resume_state
 
 __all__ = [
     "EpochStats",

@@ -18,7 +18,7 @@ from filelock import FileLock
 from smokerdet.checkpoint import load_model, model_lock
 from smokerdet.cli import app
 from smokerdet.errors import CheckpointError
-from smokerdet.loop import RESUME_DIR, read_resume_state
+from smokerdet.resume import RESUME_DIR, read_resume_state
 from smokerdet.train import (
     TrainConfig,
     TrainingInterrupted,

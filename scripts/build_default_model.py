@@ -151,8 +151,8 @@ def wise_ft(model_dir: Path, weights: Path, alpha: float, data: Path) -> Path:
     """
     from smokerdet.checkpoint import load_model, save_model
     from smokerdet.data import find_dataset
+    from smokerdet.loop import calibrate
     from smokerdet.model import classifier_prefixes, create_model
-    from smokerdet.train import calibrate_threshold
 
     tuned = load_model(model_dir)
     base = create_model(tuned.meta.arch, weights=weights).state_dict()
@@ -168,10 +168,12 @@ def wise_ft(model_dir: Path, weights: Path, alpha: float, data: Path) -> Path:
     meta = tuned.meta
     meta.provenance = {**meta.provenance, "wise_ft": {"from": model_dir.name, "alpha": alpha}}
     meta.created = ""
+    val = calibrate(tuned, find_dataset(data).val)
+    meta.threshold, meta.val_metrics = val.threshold, val.metrics.to_dict()
     save_model(out, tuned.model, meta)
-    threshold, metrics = calibrate_threshold(out, find_dataset(data).val)
-    print(f"WiSE-FT alpha {alpha}: val acc {metrics.accuracy:.4f} f1 {metrics.f1:.4f} "
-          f"auc {metrics.roc_auc:.4f} at threshold {threshold:.3f} -> {out}")  # fmt: skip
+    m = val.metrics
+    print(f"WiSE-FT alpha {alpha}: val acc {m.accuracy:.4f} f1 {m.f1:.4f} "
+          f"auc {m.roc_auc:.4f} at threshold {val.threshold:.3f} -> {out}")  # fmt: skip
     return out
 
 
@@ -214,15 +216,18 @@ def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
     }
     meta.created = ""
     meta.versions = {}
-    save_model(SHIPPED, loaded.model, meta, half=True)
     # fp16 storage moves probabilities a little: re-pick the threshold on the shipped weights.
     from smokerdet.data import find_dataset
-    from smokerdet.train import calibrate_threshold
+    from smokerdet.loop import as_saved, calibrate
 
-    threshold, metrics = calibrate_threshold(SHIPPED, find_dataset(data).val)
+    loaded.model = as_saved(loaded.model, half=True)
+    val = calibrate(loaded, find_dataset(data).val)
+    meta.threshold, meta.val_metrics = val.threshold, val.metrics.to_dict()
+    save_model(SHIPPED, loaded.model, meta, half=True)
     size = (SHIPPED / "model.safetensors").stat().st_size
     print(f"shipped {model_dir} -> {SHIPPED} ({size / 1e6:.1f} MB); val acc "
-          f"{metrics.accuracy:.4f} f1 {metrics.f1:.4f} at threshold {threshold:.3f}")  # fmt: skip
+          f"{val.metrics.accuracy:.4f} f1 {val.metrics.f1:.4f} at threshold "
+          f"{val.threshold:.3f}")  # fmt: skip
     write_golden()
 
 

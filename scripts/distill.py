@@ -10,8 +10,9 @@ batch goes through both models, and the student learns
 
 The student sees exactly the teacher's tensors (same letterbox, size and normalisation), so it
 is saved with the teacher's preprocessing as an ordinary smokerdet model that ``smokerdet
-eval`` and ``predict`` can use. The epoch with the best validation F1 is kept, and its
-threshold is picked on validation, as ``smokerdet train`` does.
+eval`` and ``predict`` can use. The run is ``smokerdet.train.train`` itself, with the student as
+its start and the loss above as its criterion: the same schedule (warmup then cosine), the same
+validation, best-epoch choice and threshold, the same atomic saves and Ctrl-C handling.
 
 If the student came within 2 points of the teacher, ``smokerdet train --teacher MODEL`` would
 be worth exposing; docs/model-card.md reports what was measured.
@@ -23,32 +24,41 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from smokerdet.checkpoint import ModelMeta, load_model, save_model
-from smokerdet.data import DecodedDataset, decode_all, eval_transform, find_dataset, fingerprint
-from smokerdet.metrics import best_threshold, binary_metrics
-from smokerdet.model import create_model
-from smokerdet.paths import models_dir
-from smokerdet.train import make_train_loader, seed_everything
+from smokerdet.checkpoint import load_model
+from smokerdet.loop import EpochStats, Start, TrainReporter
+from smokerdet.model import create_model, pick_device
+from smokerdet.train import TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
 
 
-def validate(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> tuple[list, list]:
-    model.eval()
-    probs: list[float] = []
-    labels: list[int] = []
-    with torch.inference_mode():
-        for x, y in loader:
-            x = x.contiguous(memory_format=torch.channels_last)
-            probs += torch.sigmoid(model(x).float().reshape(-1)).tolist()
-            labels += [int(v) for v in y.tolist()]
-    return probs, labels
+class DistillLoss:
+    """alpha * BCE(student, soft teacher target) + (1 - alpha) * BCE(student, label)."""
+
+    def __init__(self, teacher: torch.nn.Module, alpha: float, temperature: float) -> None:
+        self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+        self.bce = torch.nn.BCEWithLogitsLoss()
+
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            soft = torch.sigmoid(self.teacher(x).float().reshape(-1) / self.temperature)
+        return self.alpha * self.bce(logits, soft.clone()) + (1 - self.alpha) * self.bce(
+            logits, target
+        )
+
+
+class PrintRows(TrainReporter):
+    """One row per epoch on stdout."""
+
+    def on_epoch_end(self, s: EpochStats) -> None:
+        print(f"{s.epoch:>5} {s.train_loss:>7.4f} {s.val_accuracy or 0:>6.3f} "
+              f"{s.val_f1 or 0:>6.3f} {s.val_threshold or 0:>5.3f} {s.seconds:>6.1f}s"
+              f"{' *' if s.improved else ''}", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -62,82 +72,44 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.7, help="weight of the teacher's term")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--name", default=None, help="model name (default: distill-STUDENT)")
     args = parser.parse_args()
 
-    seed_everything(args.seed)
     teacher = load_model(args.teacher)
-    tmodel = teacher.model.float().eval().to(memory_format=torch.channels_last)
-    cfg = teacher.meta.data_config
-    student = create_model(args.student, pretrained=False).to(memory_format=torch.channels_last)
-
-    splits = find_dataset(args.data, seed=args.seed)
-    max_side = max(2 * cfg.input_size, 256)
-    train_items, _ = decode_all(splits.train, max_side=max_side)
-    val_items, _ = decode_all(splits.val, max_side=max_side)
-    loader = make_train_loader(train_items, cfg, args.batch_size, 0, args.seed, "cpu")
-    val_loader = torch.utils.data.DataLoader(
-        DecodedDataset(val_items, eval_transform(cfg)),  # type: ignore[arg-type]
-        batch_size=64,
-    )
-    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.05)
-    total = args.epochs * len(loader)
-    warmup = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
-        ),
-    )
-    bce = torch.nn.BCEWithLogitsLoss()
-    best_f1, best_state, best_row = -1.0, None, None
-    print(f"teacher {teacher.name} ({teacher.meta.arch} {cfg.input_size}px), student "
-          f"{args.student} from scratch, alpha {args.alpha}, T {args.temperature}")  # fmt: skip
-    print(f"{'epoch':>5} {'loss':>7} {'v_acc':>6} {'v_f1':>6} {'v_auc':>6} {'thr':>5} {'time':>7}")
-    for epoch in range(1, args.epochs + 1):
-        t0, losses = time.perf_counter(), []
-        student.train()
-        for x, y in loader:
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                soft = torch.sigmoid(tmodel(x).float().reshape(-1) / args.temperature)
-            logits = student(x).float().reshape(-1)
-            loss = args.alpha * bce(logits, soft.clone()) + (1 - args.alpha) * bce(
-                logits, y.float()
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        probs, labels = validate(student, val_loader)
-        thr = best_threshold(labels, probs)
-        m = binary_metrics(labels, probs, thr)
-        print(f"{epoch:>5} {sum(losses) / len(losses):>7.4f} {m.accuracy:>6.3f} {m.f1:>6.3f} "
-              f"{m.roc_auc or 0:>6.3f} {thr:>5.3f} {time.perf_counter() - t0:>6.1f}s",
-              flush=True)  # fmt: skip
-        if m.f1 > best_f1:
-            best_f1, best_row = m.f1, (epoch, thr, m)
-            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-
-    assert best_state is not None and best_row is not None
-    epoch, thr, m = best_row
-    student.load_state_dict(best_state)
-    name = args.name or f"distill-{args.student}"
-    meta = ModelMeta(
+    tmodel = teacher.model.float().eval().to(pick_device("auto"))
+    tmodel.to(memory_format=torch.channels_last)
+    data_cfg = teacher.meta.data_config
+    cfg = TrainConfig(
         arch=args.student,
-        data_config=cfg,
-        threshold=thr,
-        val_metrics=m.to_dict(),
-        data_fingerprint={**fingerprint([*splits.train, *splits.val], splits.root)},
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        pretrained=False,
         seed=args.seed,
-        train_args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        provenance={"distilled_from": teacher.name, "best_epoch": epoch},
+        name=args.name or f"distill-{args.student}",
+        overwrite=True,
+        patience=0,
+        workers=args.workers,
     )
-    out = save_model(models_dir() / name, student, meta)
-    print(f"best epoch {epoch}: val acc {m.accuracy:.4f} f1 {m.f1:.4f} at {thr:.3f} -> {out}")
+    # Seeded, so that a rerun starts from the same random student.
+    torch.manual_seed(args.seed)
+    origin = {
+        "distilled_from": teacher.name,
+        "alpha": args.alpha,
+        "temperature": args.temperature,
+    }
+    start = Start(create_model(args.student), data_cfg, origin, args.student)
+    print(f"teacher {teacher.name} ({teacher.meta.arch} {data_cfg.input_size}px), student "
+          f"{args.student} from scratch, alpha {args.alpha}, T {args.temperature}")  # fmt: skip
+    print(f"{'epoch':>5} {'loss':>7} {'v_acc':>6} {'v_f1':>6} {'thr':>5} {'time':>7}")
+    result = train(
+        cfg, PrintRows(), start=start, criterion=DistillLoss(tmodel, args.alpha, args.temperature)
+    )
+    m = result.val_metrics
+    summary = f"val acc {m.accuracy:.4f} f1 {m.f1:.4f}" if m else "no validation split"
+    print(f"best epoch {result.best_epoch}: {summary} at {result.threshold:.3f} -> {result.path}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -174,6 +175,33 @@ def check_name(name: str) -> None:
             f"--name {name!r} is not allowed",
             hint="use letters, digits, '.', '_' and '-' (not 'latest' or 'default')",
         )
+
+
+@contextlib.contextmanager
+def model_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a model folder while one training run writes it.
+
+    The operating system drops the lock when its process dies (a crash, SIGKILL), so a lock
+    left behind never blocks the next run.
+
+    Raises:
+        ConfigError: another run holds the lock on this model name.
+    """
+    from filelock import FileLock, Timeout
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.parent / f".{folder.name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(
+            f"another training run is writing model {folder.name!r}",
+            hint="wait for it to finish, or choose another --name",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def save_model(folder: Path, model: Any, meta: ModelMeta, *, half: bool = False) -> Path:

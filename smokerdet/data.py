@@ -44,7 +44,6 @@ CLASS_NAMES = ("not_smoking", "smoking")
 #: Largest image accepted, in pixels (a decompression-bomb guard): about 8000 x 8000.
 MAX_IMAGE_PIXELS = 64_000_000
 
-SplitName = Literal["train", "val", "test", "all"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _SPLIT_DIRS = {
     "train": "train",
@@ -617,7 +616,6 @@ def train_transform(cfg: DataConfig) -> Callable[[Any], Any]:
 class LoadReport:
     """What happened while reading a list of images."""
 
-    loaded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
@@ -656,7 +654,6 @@ def decode_all(
                     on_skip(result)
             else:
                 out.append(result)
-    report.loaded = len(out)
     return out, report
 
 

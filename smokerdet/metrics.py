@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,6 +49,11 @@ class BinaryMetrics:
             "matrix": [[self.tn, self.fp], [self.fn, self.tp]],
         }
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BinaryMetrics:
+        """The inverse of :meth:`to_dict` (derived keys such as ``n`` are ignored)."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def _ratio(num: int, den: int, note: str, notes: list[str]) -> float:
@@ -101,7 +107,7 @@ def binary_metrics(
     )
     recall = _ratio(tp, tp + fn, "no smoking images: recall reported as 0", notes)
     specificity = _ratio(tn, tn + fp, "no not-smoking images: specificity reported as 0", notes)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    f1 = _f1(tp, fp, fn)
     auc = roc_auc(y_true, y_prob)
     if auc is None and n:
         notes.append("only one class present: ROC-AUC undefined")
@@ -123,18 +129,45 @@ def binary_metrics(
     )
 
 
+def _f1(tp: int, fp: int, fn: int) -> float:
+    """F1 from confusion counts; 0.0 where precision and recall are both 0 or undefined."""
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
 def best_threshold(y_true: Sequence[int], y_prob: Sequence[float]) -> float:
     """The decision threshold with the best F1; among ties, the one closest to 0.5.
 
-    Candidates are the midpoints between consecutive distinct probabilities, so the chosen
-    threshold sits in a gap rather than on a training-set probability.
+    Candidates are 0.5 and the midpoints between consecutive distinct probabilities, so the
+    chosen threshold sits in a gap rather than on a validation probability. One sort and one
+    sweep: O(n log n).
     """
+    if len(y_true) != len(y_prob):
+        raise ValueError("y_true and y_prob differ in length")
     values = sorted(set(y_prob))
     if not values:
         return 0.5
-    candidates = [0.5] + [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]
-    best = max(
-        candidates,
-        key=lambda t: (binary_metrics(y_true, y_prob, t).f1, -abs(t - 0.5)),
-    )
-    return float(best)
+    pos_at: dict[float, int] = dict.fromkeys(values, 0)
+    neg_at: dict[float, int] = dict.fromkeys(values, 0)
+    for y, p in zip(y_true, y_prob, strict=True):
+        if y == 1:
+            pos_at[p] += 1
+        else:
+            neg_at[p] += 1
+    n_pos = sum(pos_at.values())
+    # Predicted smoking at threshold t: every probability >= t. Sweeping the distinct values
+    # from the top, tp and fp are the positives and negatives at or above the current value.
+    above: list[tuple[int, int]] = [(0, 0)] * len(values)  # (tp, fp) for p >= values[i]
+    tp = fp = 0
+    for i in range(len(values) - 1, -1, -1):
+        tp, fp = tp + pos_at[values[i]], fp + neg_at[values[i]]
+        above[i] = (tp, fp)
+    thresholds = [0.5] + [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]
+    candidates = []
+    for t in thresholds:
+        first = bisect_left(values, t)  # the first value predicted smoking at t
+        candidates.append((t, *(above[first] if first < len(values) else (0, 0))))
+    # max() keeps the first of equal keys, as the candidate order above intends.
+    best = max(candidates, key=lambda c: (_f1(c[1], c[2], n_pos - c[1]), -abs(c[0] - 0.5)))
+    return float(best[0])

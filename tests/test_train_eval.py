@@ -144,13 +144,14 @@ def test_pretrained_unavailable_offline_fails_with_hint(runner, flat_data):
 
 
 def test_init_starts_from_the_given_weights(runner, model_copy, flat_data):
-    from smokerdet.train import TrainConfig, _build_start
+    from smokerdet.loop import build_start
+    from smokerdet.train import TrainConfig
 
-    model, data_cfg, origin = _build_start(TrainConfig(init=str(model_copy)))
+    start = build_start(TrainConfig(init=str(model_copy)))
     base = load_model(model_copy)
     for k, v in base.model.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
-    assert data_cfg == base.meta.data_config and origin["init"] == "tiny"
+        assert torch.equal(start.model.state_dict()[k], v), k
+    assert start.data_config == base.meta.data_config and start.origin["init"] == "tiny"
 
     r = runner.invoke(
         app,
@@ -258,3 +259,28 @@ def test_ema_and_lp_ft_train_and_save(runner, flat_data):
         assert {f.get_tensor(k).dtype for k in f.keys() if "num_batches" not in k} == {
             torch.float16
         }
+
+
+def test_model_json_holds_the_numbers_that_chose_the_epoch_and_eval_agrees(runner, archive_data):
+    """One validation pass picks the epoch and calibrates it: with TTA and --half, the stored
+    threshold and metrics are the kept epoch's row, and `eval --split val` computes them again
+    from the files."""
+    r = runner.invoke(
+        app,
+        [*TINY_TRAIN_ARGS, "--epochs", "3", "--data", str(archive_data), "--tta", "--half",
+         "--name", "cal", "--json"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    meta = json.loads((Path(out["path"]) / "model.json").read_text())
+    kept = next(h for h in out["history"] if h["epoch"] == out["best_epoch"])
+    assert meta["threshold"] == out["threshold"] == kept["val_threshold"]
+    assert meta["val_metrics"]["f1"] == kept["val_f1"] == out["val_metrics"]["f1"]
+    assert meta["val_metrics"]["accuracy"] == kept["val_accuracy"]
+    best_f1 = max(h["val_f1"] for h in out["history"])
+    assert kept["val_f1"] == best_f1
+    report = evaluate(model="cal", data=archive_data, split="val")
+    assert report.threshold == meta["threshold"]
+    for key in ("tp", "fp", "tn", "fn"):
+        assert getattr(report.metrics, key) == meta["val_metrics"][key], key
+    assert report.metrics.roc_auc == pytest.approx(meta["val_metrics"]["roc_auc"])

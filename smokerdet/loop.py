@@ -10,6 +10,12 @@ decoding at the model's input size, the same eval transform, the same forward pa
 model's TTA), and the epoch kept is the one whose F1 at its own best threshold is highest. That
 threshold and those metrics are what ``model.json`` stores: one validation pass picks the epoch
 and calibrates it.
+
+Under ``torchrun`` (see :mod:`smokerdet.distributed`) the model is wrapped in
+DistributedDataParallel, each rank trains on its :class:`~torch.utils.data.DistributedSampler`
+share of every epoch and validates a contiguous slice of the validation images; the
+probabilities are gathered so that every image counts once and every rank computes the same
+threshold and metrics. Only the main rank writes the model folder and the resumable state.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smokerdet import distributed
 from smokerdet.checkpoint import LoadedModel, ModelMeta, load_model, save_model
 from smokerdet.data import (
     DataConfig,
@@ -45,6 +52,7 @@ from smokerdet.inference import forward_probs
 from smokerdet.metrics import BinaryMetrics, best_threshold, binary_metrics
 from smokerdet.model import check_arch, create_model, resolve_data_config
 from smokerdet.resume import ResumeState, write_resume_files
+from smokerdet.shard import bounds
 
 if TYPE_CHECKING:
     from smokerdet.config import TrainConfig
@@ -131,16 +139,36 @@ def make_train_loader(
     workers: int,
     seed: int,
     device: str,
+    world: distributed.World | None = None,
 ) -> Any:
-    """The augmenting, shuffling, seeded DataLoader over decoded training images."""
-    import torch
-    from torch.utils.data import DataLoader
+    """The augmenting, shuffling, seeded DataLoader over decoded training images.
 
+    With several ranks, a DistributedSampler gives each rank its share of every epoch (the
+    same permutation on every rank, from ``seed`` and the epoch set by :func:`run_epoch`);
+    ``batch_size`` is then per rank.
+    """
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    world = world or distributed.World()
+    dataset = DecodedDataset(items, train_transform(data_cfg))
+    sampler = None
+    if world.distributed:
+        sampler = DistributedSampler(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=world.size,
+            rank=world.rank,
+            shuffle=True,
+            seed=seed * 1000,
+            drop_last=False,  # pads with repeats so every rank takes the same number of steps
+        )
+    share = len(sampler) if sampler is not None else len(items)
     return DataLoader(
-        DecodedDataset(items, train_transform(data_cfg)),  # type: ignore[arg-type]
+        dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
-        shuffle=True,
-        drop_last=len(items) > batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=share > batch_size,
         num_workers=workers,
         persistent_workers=False,  # fresh workers each epoch, seeded from the generator
         generator=torch.Generator().manual_seed(seed),
@@ -265,7 +293,7 @@ class TrainData:
     train_loader: Any
     val_x: Any | None  # [N, C, H, W], eval-transformed; None when no validation image is usable
     val_y: list[int]
-    skipped: list[tuple[str, str]]  # (path, reason) of unreadable files
+    skipped: list[tuple[str, str]]  # (path, reason) of unreadable files (this rank's slice)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -273,7 +301,15 @@ class TrainData:
 
 
 def find_splits(cfg: TrainConfig) -> DatasetSplits:
-    """The dataset's splits, checked to hold a trainable training split."""
+    """The dataset's splits, checked to hold a trainable training split.
+
+    Under torchrun the main rank looks and the others use its answer, so every rank trains on
+    the same files (and a bad ``--data`` is reported once).
+    """
+    return distributed.on_main(lambda: _find_splits(cfg))
+
+
+def _find_splits(cfg: TrainConfig) -> DatasetSplits:
     data_root = resolve_data_root(cfg.data)
     splits = find_dataset(data_root, seed=cfg.seed)
     if not splits.train:
@@ -314,10 +350,19 @@ def eval_tensors(
 
 
 def load_data(
-    cfg: TrainConfig, splits: DatasetSplits, data_cfg: DataConfig, device: str
+    cfg: TrainConfig,
+    splits: DatasetSplits,
+    data_cfg: DataConfig,
+    device: str,
+    world: distributed.World | None = None,
 ) -> TrainData:
     """Decode the training images once (for augmentation) and the validation images as predict
-    does; unreadable files are skipped with a warning."""
+    does; unreadable files are skipped with a warning.
+
+    Every rank decodes all training images (its sampler picks from them each epoch) and only
+    its own contiguous slice of the validation images.
+    """
+    world = world or distributed.World()
     max_side = max(2 * data_cfg.input_size, 256)
     train_items, report = decode_all(
         splits.train, max_side=max_side, on_skip=lambda e: log.warning("skipped %s", e)
@@ -327,9 +372,12 @@ def load_data(
             f"after skipping {len(report.skipped)} unreadable files, the training "
             "images do not hold both classes"
         )
-    val_x, val_y, val_skipped = eval_tensors(splits.val, data_cfg)
+    start, stop = bounds(len(splits.val), world.rank, world.size)
+    val_x, val_y, val_skipped = eval_tensors(splits.val[start:stop], data_cfg)
     workers = cfg.workers if cfg.workers is not None else default_train_workers()
-    loader = make_train_loader(train_items, data_cfg, cfg.batch_size, workers, cfg.seed, device)
+    loader = make_train_loader(
+        train_items, data_cfg, cfg.batch_size, workers, cfg.seed, device, world
+    )
     return TrainData(splits, loader, val_x, val_y, report.skipped + val_skipped)
 
 
@@ -343,6 +391,7 @@ class LoopState:
     meta: ModelMeta  # threshold and val_metrics: those of the best epoch so far
     model: Any
     device: str
+    world: distributed.World = field(default_factory=distributed.World)
     epoch: int = 0  # the last finished epoch
     best: tuple[float, float] | None = None  # (val F1, -val loss) of the kept epoch
     best_epoch: int = 0
@@ -368,6 +417,7 @@ def prepare(
     device: str,
     saved: ResumeState | None = None,
     start: Start | None = None,
+    world: distributed.World | None = None,
 ) -> tuple[LoopState, TrainData]:
     """Seed, build or restore the model, load the data: a state ready for the first epoch.
 
@@ -377,9 +427,11 @@ def prepare(
         device: where to train.
         saved: a resumable state to continue from.
         start: the model to start from; default :func:`build_start` of ``cfg``.
+        world: this rank's place in a torchrun run; default one process.
     """
     import torch
 
+    world = world or distributed.World()
     splits = find_splits(cfg)
     seed_everything(cfg.seed)
     if saved is not None:
@@ -392,8 +444,8 @@ def prepare(
     model.to(device)
     if device == "cpu":
         model.to(memory_format=torch.channels_last)
-    data = load_data(cfg, splits, meta.data_config, device)
-    state = LoopState(cfg=cfg, folder=folder, meta=meta, model=model, device=device)
+    data = load_data(cfg, splits, meta.data_config, device, world)
+    state = LoopState(cfg=cfg, folder=folder, meta=meta, model=model, device=device, world=world)
     if saved is not None:
         restore_progress(state, saved)
     return state, data
@@ -421,6 +473,7 @@ def start_info(state: LoopState, data: TrainData, resumed_from: int | None) -> d
         "name": state.folder.name,
         "arch": state.meta.arch,
         "device": state.device,
+        "world_size": state.world.size,
         "data": str(data.splits.root),
         "layout": data.splits.layout,
         "counts": data.splits.counts(),
@@ -465,7 +518,8 @@ def start_phase(
     warmup = 0 if probe else int(cfg.warmup_epochs * steps_per_epoch)
     schedule = warmup_cosine(warmup, total)
     state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer, schedule)
-    state.step = Stepper(state.model, state.optimizer, state.device, cfg.label_smoothing, criterion)
+    trained = _ddp(state) if state.world.distributed else state.model
+    state.step = Stepper(trained, state.optimizer, state.device, cfg.label_smoothing, criterion)
     state.ema = None
     if cfg.ema and not probe:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -476,8 +530,17 @@ def start_phase(
     state.phase = phase.name
 
 
+def _ddp(state: LoopState) -> Any:
+    """The model wrapped for data-parallel steps; built per phase, after freezing, because DDP
+    synchronises exactly the parameters that need gradients when it is made."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [state.world.local_rank] if state.device.startswith("cuda") else None
+    return DistributedDataParallel(state.model, device_ids=ids)
+
+
 def fit_epoch(state: LoopState, loader: Any, reporter: TrainReporter) -> tuple[float, int]:
-    """One pass over the training images; returns (mean loss, images seen)."""
+    """One pass over the training images; returns (mean loss, images seen) over all ranks."""
     assert state.step is not None, "start_phase first"
     state.model.train()
     if state.phase == "probe":
@@ -491,7 +554,8 @@ def fit_epoch(state: LoopState, loader: Any, reporter: TrainReporter) -> tuple[f
         running += loss * len(y)
         seen += len(y)
         reporter.on_step(loss)
-    return running / max(1, seen), seen
+    running, total = distributed.all_sum([running, float(seen)])
+    return running / max(1.0, total), int(total)
 
 
 @dataclass
@@ -519,11 +583,20 @@ def score_validation(loaded: LoadedModel, x: Any, y: list[int], device: str) -> 
     The forward pass is :func:`smokerdet.inference.forward_probs`, the one behind eval and
     predict (with the model's TTA); the threshold is picked on its probabilities.
     """
+    return validation_of(y, _probs(loaded, x, device))
+
+
+def _probs(loaded: LoadedModel, x: Any | None, device: str) -> list[float]:
+    probs: list[float] = []
+    for i in range(0, 0 if x is None else len(x), VAL_BATCH_SIZE):
+        probs += forward_probs(loaded, x[i : i + VAL_BATCH_SIZE], device)
+    return probs
+
+
+def validation_of(y: list[int], probs: list[float]) -> Validation:
+    """The loss, best-F1 threshold and metrics of probabilities ``probs`` for labels ``y``."""
     import torch
 
-    probs: list[float] = []
-    for i in range(0, len(x), VAL_BATCH_SIZE):
-        probs += forward_probs(loaded, x[i : i + VAL_BATCH_SIZE], device)
     target = torch.tensor(y, dtype=torch.float32)
     loss = torch.nn.functional.binary_cross_entropy(torch.tensor(probs), target).item()
     threshold = best_threshold(y, probs)
@@ -533,13 +606,21 @@ def score_validation(loaded: LoadedModel, x: Any, y: list[int], device: str) -> 
 def validate(state: LoopState, data: TrainData) -> Validation | None:
     """Score the validation split with the weights that would be saved, as predict would.
 
-    None when there is no usable validation image.
+    Each rank scores its slice; the slices are gathered in order, so every image counts
+    exactly once and every rank computes the same numbers. None when there is no usable
+    validation image.
     """
-    if data.val_x is None:
+    probs: list[float] = []
+    if data.val_x is not None:
+        model = as_saved(state.scored_model, state.cfg.half).eval()
+        meta, folder = state.meta, state.folder
+        loaded = LoadedModel(model=model, meta=meta, path=folder, name=folder.name)
+        probs = _probs(loaded, data.val_x, state.device)
+    slices = distributed.all_gather((data.val_y, probs))
+    y = [label for ys, _ in slices for label in ys]
+    if not y:
         return None
-    model = as_saved(state.scored_model, state.cfg.half).eval()
-    loaded = LoadedModel(model=model, meta=state.meta, path=state.folder, name=state.folder.name)
-    return score_validation(loaded, data.val_x, data.val_y, state.device)
+    return validation_of(y, [p for _, ps in slices for p in ps])
 
 
 def calibrate(loaded: LoadedModel, samples: Sequence[Sample], device: str = "cpu") -> Validation:
@@ -573,7 +654,8 @@ def keep_if_best(state: LoopState, val: Validation | None) -> bool:
     state.best, state.best_epoch, state.stale = key, state.epoch, 0
     state.meta.threshold = val.threshold if val else 0.5
     state.meta.val_metrics = val.metrics.to_dict() if val else {}
-    save_model(state.folder, state.scored_model, state.meta, half=state.cfg.half)
+    if state.world.is_main:
+        save_model(state.folder, state.scored_model, state.meta, half=state.cfg.half)
     return True
 
 
@@ -582,8 +664,11 @@ def run_epoch(state: LoopState, data: TrainData, reporter: TrainReporter) -> Epo
     cfg, epoch = state.cfg, state.epoch + 1
     # Each epoch's randomness is a function of (seed, epoch) alone, so a resumed run replays
     # exactly what an uninterrupted one would have done.
-    seed_everything(cfg.seed * 1000 + epoch)
+    # Ranks draw different augmentations; rank 0 draws what a single process would.
+    seed_everything(cfg.seed * 1000 + epoch + 1_000_003 * state.world.rank)
     data.train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+    if state.world.distributed:
+        data.train_loader.sampler.set_epoch(epoch)  # its permutation: seed * 1000 + epoch
     total = cfg.lp_epochs + cfg.epochs
     reporter.on_epoch_start(epoch, total, data.steps_per_epoch, state.phase)
     t0 = time.perf_counter()
@@ -631,7 +716,7 @@ def run_phase(
     while state.epoch < phase.last and not state.stopped_early:
         stats = run_epoch(state, data, reporter)
         done = phase.name == "finetune" and (state.epoch == phase.last or state.stopped_early)
-        if not done:
+        if not done and state.world.is_main:
             write_resume_state(state)
         reporter.on_epoch_end(stats)
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from smokerdet import distributed
 from smokerdet.checkpoint import check_name, model_lock
 from smokerdet.config import TrainConfig
 from smokerdet.errors import ConfigError
@@ -98,6 +100,9 @@ def train(
     loss) is saved with that threshold and those metrics. Early stopping watches the same F1.
     At the end of every epoch a resumable state is saved (see :func:`resume_training`).
 
+    Under ``torchrun`` every rank calls this: the main rank picks the name, checks it and
+    writes the folder; all ranks train data-parallel and return the same result.
+
     Args:
         cfg: the options.
         reporter: receives progress; the default is silent.
@@ -114,27 +119,24 @@ def train(
     """
     reporter = reporter or TrainReporter()
     started = time.perf_counter()
-    name = cfg.name or f"{cfg.init or cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    check_name(name)
-    folder = models_dir() / name
-    if folder.exists() and not (cfg.overwrite or resume):
-        raise ConfigError(
-            f"a model named {name!r} already exists at {folder}",
-            hint="choose another --name, or pass --overwrite to replace it",
-        )
-    saved = read_resume_state(folder) if resume else None
-
-    with model_lock(folder):
-        state, data = prepare(cfg, folder, pick_device(cfg.device), saved, start)
+    device = pick_device(cfg.device)
+    with distributed.session(device) as world, ExitStack() as stack:
+        # One rank decides (the name has a timestamp) and checks; every rank gets its answer.
+        name = distributed.on_main(lambda: _claim(cfg, resume, stack))
+        folder = models_dir() / name
+        saved = read_resume_state(folder) if resume else None
+        state, data = prepare(cfg, folder, device, saved, start, world)
         reporter.on_start(start_info(state, data, saved.epoch if saved else None))
-        if saved is None:  # --overwrite: an old run's resume state goes once training starts
+        if saved is None and world.is_main:  # --overwrite: an old run's state goes now
             shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)
         try:
             for phase in phases(cfg):
                 run_phase(state, phase, data, reporter, saved, criterion)
         except KeyboardInterrupt:
             raise interrupted(state) from None
-        shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)
+        skipped = [s for part in distributed.all_gather(data.skipped) for s in part]
+        if world.is_main:
+            shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)
 
     metrics = state.meta.val_metrics
     return TrainResult(
@@ -148,9 +150,25 @@ def train(
         val_metrics=BinaryMetrics.from_dict(metrics) if metrics else None,
         history=state.history,
         counts=data.splits.counts(),
-        skipped=data.skipped,
+        skipped=list(dict.fromkeys(skipped)),  # training files: each rank reports them
         seconds=time.perf_counter() - started,
     )
+
+
+def _claim(cfg: TrainConfig, resume: bool, stack: ExitStack) -> str:
+    """The run's name, checked free (or resumable), with the model folder's lock held."""
+    name = cfg.name or f"{cfg.init or cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    check_name(name)
+    folder = models_dir() / name
+    if folder.exists() and not (cfg.overwrite or resume):
+        raise ConfigError(
+            f"a model named {name!r} already exists at {folder}",
+            hint="choose another --name, or pass --overwrite to replace it",
+        )
+    if resume:
+        read_resume_state(folder)  # says what is wrong before any rank starts
+    stack.enter_context(model_lock(folder))
+    return name
 
 
 def resume_training(name: str, reporter: TrainReporter | None = None) -> TrainResult:

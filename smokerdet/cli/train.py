@@ -73,17 +73,25 @@ def train(
     The best epoch by validation F1 is kept, and its decision threshold is chosen on the
     validation split.
 
+    On several processes or GPUs, launch it with torchrun (--batch-size is then per process):
+
+    \b
+        torchrun --nproc_per_node 4 -m smokerdet train --data ./smoker-detection
+
     Example:
 
     \b
         smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
     """
     from smokerdet.cli._output import RichTrainReporter, print_json, render_train
-    from smokerdet.train import resume_training
+    from smokerdet.distributed import quiet_unless_main
+    from smokerdet.train import TrainReporter, resume_training
     from smokerdet.train import train as run_train
 
+    main_rank = quiet_unless_main()
+    reporter = RichTrainReporter() if main_rank else TrainReporter()
     if resume is not None:
-        result = resume_training(resume, RichTrainReporter())
+        result = resume_training(resume, reporter)
     else:
         cfg = C(
             arch=arch,
@@ -109,5 +117,6 @@ def train(
             ema=ema,
             half=half,
         )
-        result = run_train(cfg, RichTrainReporter())
-    print_json(result.to_dict()) if json_out else render_train(result)
+        result = run_train(cfg, reporter)
+    if main_rank:
+        print_json(result.to_dict()) if json_out else render_train(result)

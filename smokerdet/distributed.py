@@ -1,0 +1,274 @@
+"""Runs under ``torchrun``: the process group, who writes, and the few collectives we need.
+
+``torchrun --nproc_per_node N -m smokerdet train ...`` starts N copies of the command with
+``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in their environment; :func:`session` reads them and
+joins the process group (``gloo`` on CPU, ``nccl`` on CUDA). Without them every function here
+is a cheap no-op for one process, so the stages call them unconditionally.
+
+Failure handling: collectives time out after ``SMOKERDET_DIST_TIMEOUT`` seconds (default 600),
+the SIGTERM torchrun sends to the survivors of a failed or interrupted run becomes a Ctrl-C (so
+each rank stops through the same code path as a user's Ctrl-C), and an error that the main rank
+has already reported ends the other ranks silently with the same exit code.
+
+Example:
+    >>> from smokerdet import distributed
+    >>> with distributed.session("cpu") as world:  # one process: no process group
+    ...     world.size, world.is_main
+    (1, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from smokerdet.errors import Interrupted, SmokerdetError
+
+T = TypeVar("T")
+
+TIMEOUT_ENV = "SMOKERDET_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class DistributedError(SmokerdetError):
+    """A rank lost contact with the others, or the process group cannot be joined."""
+
+
+class _Mirrored(SystemExit):
+    """An error the main rank reports; the other ranks end quietly with its exit code."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of one run."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this rank writes files and talks to the user (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether there is more than one rank (a process group is in use)."""
+        return self.size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise DistributedError(
+            f"{name}={raw!r} is not a number", hint="launch with torchrun"
+        ) from None
+
+
+def world_from_env() -> World:
+    """The world torchrun describes in the environment; one process when it says nothing."""
+    size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    if size < 1 or not 0 <= rank < size:
+        raise DistributedError(f"RANK={rank} does not fit WORLD_SIZE={size}")
+    return World(rank=rank, local_rank=_env_int("LOCAL_RANK", 0), size=size)
+
+
+def current() -> World:
+    """The world of the running :func:`session`; one process outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return world_from_env()
+    return World()
+
+
+def timeout() -> timedelta:
+    """How long a collective waits for a silent rank before the run fails."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise DistributedError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    return timedelta(seconds=max(1.0, seconds))
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def session(device: str = "cpu") -> Iterator[World]:
+    """Join the process group torchrun asks for, for the duration of one command.
+
+    Args:
+        device: the resolved device; ``cuda`` selects ``nccl`` and this rank's local GPU.
+
+    Yields:
+        This process's :class:`World` (one process when not launched by torchrun, or when a
+        process group is already joined by the caller).
+
+    Raises:
+        DistributedError: the group cannot be joined, or a rank lost the others.
+    """
+    world = world_from_env()
+    import torch.distributed as dist
+
+    if not world.distributed or (dist.is_available() and dist.is_initialized()):
+        yield world if world.distributed else World()
+        return
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(world.local_rank)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=timeout())
+    except (RuntimeError, ValueError) as e:
+        raise DistributedError(
+            f"rank {world.rank} cannot join the process group ({backend}): {e}",
+            hint="launch with torchrun, and check --master-addr/--rdzv-endpoint and firewalls",
+        ) from None
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        yield world
+    except Interrupted as e:
+        if not world.is_main:  # rank 0 says what was kept and how to go on
+            raise _Mirrored(e.exit_code) from None
+        raise
+    except SmokerdetError as e:
+        if not world.is_main:
+            e.message = f"rank {world.rank}: {e.message}"
+            e.args = (e.message,)
+        raise
+    except (dist.DistError, RuntimeError) as e:
+        raise DistributedError(
+            f"rank {world.rank} of {world.size} lost the other ranks: {str(e).splitlines()[0]}",
+            hint="another rank failed or was stopped: see its message; "
+            f"a rank silent for longer than {TIMEOUT_ENV} seconds also ends the run",
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def quiet_unless_main() -> bool:
+    """Whether this process is the main rank; the others log only errors from now on.
+
+    For commands: only the main rank draws progress and prints results.
+    """
+    import logging
+
+    main = world_from_env().is_main
+    if not main:
+        logging.getLogger("smokerdet").setLevel(logging.ERROR)
+    return main
+
+
+# ---------------------------------------------------------------------------------------------
+# Collectives (no-ops for one process)
+
+
+def barrier() -> None:
+    """Wait until every rank gets here."""
+    if current().distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_gather(value: T) -> list[T]:
+    """Every rank's ``value`` (any picklable object, e.g. a list of any length), by rank."""
+    if not current().distributed:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def gather_to_main(value: T) -> list[T] | None:
+    """Every rank's ``value`` on the main rank, by rank; None on the others."""
+    world = current()
+    if not world.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * world.size if world.is_main else None
+    dist.gather_object(value, out, dst=0)
+    return out
+
+
+def broadcast(value: T) -> T:
+    """The main rank's ``value`` on every rank."""
+    if not current().distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sums of ``values`` over the ranks (float64, so counts stay exact)."""
+    if not current().distributed:
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on the main rank only; every rank gets its result, or ends with its error.
+
+    For decisions all ranks must share and only one may make: a name with a timestamp, a check
+    before the main rank writes. The main rank raises the error itself (and the CLI reports it);
+    the others exit quietly with the same exit code.
+    """
+    world = current()
+    if not world.distributed:
+        return fn()
+    outcome: tuple[bool, Any] = (True, None)
+    error: BaseException | None = None
+    if world.is_main:
+        try:
+            outcome = (True, fn())
+        except SmokerdetError as e:
+            outcome, error = (False, e.exit_code), e
+        except BaseException as e:  # still tell the others, then fail here
+            outcome, error = (False, 1), e
+    ok, value = broadcast(outcome)
+    if error is not None:
+        raise error
+    if not ok:
+        raise _Mirrored(int(value))
+    return value
+
+
+__all__ = [
+    "DistributedError",
+    "World",
+    "all_gather",
+    "all_sum",
+    "barrier",
+    "broadcast",
+    "current",
+    "gather_to_main",
+    "on_main",
+    "quiet_unless_main",
+    "session",
+    "world_from_env",
+]

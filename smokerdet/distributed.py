@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +35,7 @@ T = TypeVar("T")
 
 TIMEOUT_ENV = "SMOKERDET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
+MIRROR_GRACE_S = 2.0
 
 
 class DistributedError(SmokerdetError):
@@ -83,6 +86,8 @@ def world_from_env() -> World:
 
 def current() -> World:
     """The world of the running :func:`session`; one process outside one."""
+    if world_from_env().size == 1:  # no torch import for one process (ONNX-only predict)
+        return World()
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -119,10 +124,13 @@ def session(device: str = "cpu") -> Iterator[World]:
         DistributedError: the group cannot be joined, or a rank lost the others.
     """
     world = world_from_env()
+    if not world.distributed:
+        yield world
+        return
     import torch.distributed as dist
 
-    if not world.distributed or (dist.is_available() and dist.is_initialized()):
-        yield world if world.distributed else World()
+    if dist.is_available() and dist.is_initialized():
+        yield world
         return
     if device.startswith("cuda"):
         import torch
@@ -155,6 +163,9 @@ def session(device: str = "cpu") -> Iterator[World]:
             f"a rank silent for longer than {TIMEOUT_ENV} seconds also ends the run",
         ) from None
     finally:
+        for stream in (sys.stdout, sys.stderr):  # a SIGTERM from now on kills at once
+            with contextlib.suppress(Exception):
+                stream.flush()
         signal.signal(signal.SIGTERM, previous)
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -254,6 +265,8 @@ def on_main(fn: Callable[[], T]) -> T:
     if error is not None:
         raise error
     if not ok:
+        # torchrun stops every rank once one exits non-zero: give the main rank time to say why.
+        time.sleep(MIRROR_GRACE_S)
         raise _Mirrored(int(value))
     return value
 

@@ -9,19 +9,30 @@ Example:
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from smokerdet import distributed
 from smokerdet.checkpoint import LoadedModel, load_model
 from smokerdet.data import CLASS_NAMES, is_image_file
 from smokerdet.errors import ConfigError
 from smokerdet.inference import DEFAULT_BATCH_SIZE, score_files
 from smokerdet.model import pick_device
+from smokerdet.shard import (
+    PartHeader,
+    ResultsWriter,
+    Shard,
+    blocks,
+    bounds,
+    merge_parts,
+    open_results,
+)
 
 log = logging.getLogger("smokerdet")
 
@@ -198,3 +209,168 @@ def _generate(
         else:
             label = names[1] if scored.probability >= cut else names[0]
             yield Prediction(path, label, scored.probability, cut, loaded.name, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaling out: shards, torchrun ranks, resumable results files (see docs/scale.md)
+
+#: Rows each rank scores per turn under torchrun; the main rank writes one round at a time.
+SHARD_BLOCK = 64
+
+
+@dataclass
+class ShardRun:
+    """A run over one shard of the inputs, possibly continuing a results file.
+
+    Attributes:
+        rows: this run's predictions in input order, each already in the results file when
+            it is yielded; on ranks other than the main one it yields nothing but must still
+            be consumed (it drives their share of the work).
+        total: the shard's rows, those already done included.
+        done: rows that were already in the results file (``--resume``).
+        failed_before: how many of those were error rows.
+    """
+
+    rows: Iterator[Prediction]
+    total: int
+    done: int = 0
+    failed_before: int = 0
+
+
+def json_line(p: Prediction) -> str:
+    """The JSON Lines record of a prediction, as ``predict --json`` prints it."""
+    return json.dumps(p.to_dict(), ensure_ascii=True) + "\n"
+
+
+def model_fingerprint(loaded: LoadedModel, threshold: float) -> dict[str, Any]:
+    """What identifies the scoring of a results file: the model's name, weights and cut."""
+    return {
+        "name": loaded.name,
+        "weights_sha256": loaded.meta.weights_sha256,
+        "threshold": threshold,
+    }
+
+
+def predict_shard(
+    expanded: Inputs,
+    *,
+    shard: Shard | None = None,
+    output: Path | None = None,
+    resume: bool = False,
+    model: str | os.PathLike[str] | None = None,
+    threshold: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    device: str = "auto",
+) -> ShardRun:
+    """Predict one shard of ``expanded``, spread over the torchrun ranks, into a results file.
+
+    Shard ``I/N`` is the ``I``-th contiguous slice of the inputs (all of them by default).
+    Under torchrun (inside :func:`smokerdet.distributed.session`) the ranks take turns at
+    blocks of :data:`SHARD_BLOCK` inputs and the main rank receives the rows in input order.
+    With ``output``, the main rank appends each batch of rows to that JSON Lines file (after a
+    header naming the inputs, shard and model; see :mod:`smokerdet.shard`), and ``resume``
+    continues a file a killed run left behind.
+
+    Raises:
+        ConfigError: bad options, or ``output`` exists without ``resume``.
+        PartError: ``output`` belongs to other inputs, another shard or another model.
+        ModelNotFoundError, CheckpointError: no usable model.
+    """
+    world = distributed.current()
+    if shard is not None and world.distributed:
+        raise ConfigError(
+            "--shard splits the work between independent jobs; under torchrun every rank "
+            "already takes its share",
+            hint="drop --shard, or launch the shards without torchrun",
+        )
+    if resume and output is None:
+        raise ConfigError("--resume needs --output FILE: the file to continue")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    shard = shard or Shard()
+    dev = pick_device(device)
+    loaded = load_model(model, device=dev)
+    cut = loaded.meta.threshold if threshold is None else threshold
+    names = loaded.meta.class_names or list(CLASS_NAMES)
+    start, stop = bounds(len(expanded), shard.index, shard.count)
+    mine = expanded.items[start:stop]
+    writer: ResultsWriter | None = None
+    done = failed = 0
+    if output is not None:
+        all_paths = [p for p, _ in expanded.items]
+        header = PartHeader.create(all_paths, shard, model_fingerprint(loaded, cut))
+        opened: list[ResultsWriter] = []
+
+        def _open() -> tuple[int, int]:
+            w, d, f = open_results(output, header, [p for p, _ in mine], resume=resume)
+            opened.append(w)
+            return d, f
+
+        done, failed = distributed.on_main(_open)
+        writer = opened[0] if opened else None
+    todo = Inputs(items=mine[done:])
+
+    def score(part: Inputs) -> Iterator[Prediction]:
+        return _generate(part, loaded, cut, names, batch_size, workers, dev)
+
+    if world.distributed:
+        rows, every = _in_turns(todo, score, world, SHARD_BLOCK), SHARD_BLOCK * world.size
+    else:
+        rows, every = score(todo), batch_size
+    return ShardRun(_written(rows, writer, every), total=len(mine), done=done, failed_before=failed)
+
+
+def _in_turns(
+    todo: Inputs,
+    score: Callable[[Inputs], Iterator[Prediction]],
+    world: distributed.World,
+    block: int,
+) -> Iterator[Prediction]:
+    """Ranks score blocks in turns; the main rank yields every rank's rows in input order."""
+    n = len(todo)
+    spans = blocks(n, world.rank, world.size, block)
+    scored = score(Inputs(items=[item for s, e in spans for item in todo.items[s:e]]))
+    for k in range(-(-n // (block * world.size))):
+        size = spans[k][1] - spans[k][0] if k < len(spans) else 0
+        got = distributed.gather_to_main([next(scored) for _ in range(size)])
+        for part in got or []:
+            yield from part
+
+
+def _written(
+    rows: Iterator[Prediction], writer: ResultsWriter | None, every: int
+) -> Iterator[Prediction]:
+    """``rows``, each yielded once it is in the results file (appended ``every`` rows at a
+    time); whatever was scored is written even when the run stops early."""
+    if writer is None:
+        yield from rows
+        return
+    pending: list[Prediction] = []
+    try:
+        for row in rows:
+            pending.append(row)
+            if len(pending) >= every:
+                batch, pending = pending, []
+                writer.append([json_line(p) for p in batch])
+                yield from batch
+        batch, pending = pending, []
+        writer.append([json_line(p) for p in batch])
+        yield from batch
+    finally:
+        writer.append([json_line(p) for p in pending])  # scored before a stop: keep them
+        writer.close()
+
+
+def merge_results(parts: Sequence[str | os.PathLike[str]]) -> Iterator[Prediction]:
+    """The predictions in results-file parts of one run (``--shard``), in input order.
+
+    Raises:
+        ConfigError: no parts.
+        PartError: parts of different inputs or models, missing or repeated shards, or an
+            incomplete part.
+    """
+    for line in merge_parts([Path(p) for p in parts]):
+        yield Prediction(**json.loads(line))

@@ -259,7 +259,7 @@ def open_results(
     *,
     resume: bool,
     flag: str = "--output",
-) -> tuple[ResultsWriter, int]:
+) -> tuple[ResultsWriter, int, int]:
     """Open a part for appending; with ``resume``, keep the rows already in it.
 
     Args:
@@ -270,15 +270,15 @@ def open_results(
         flag: the option that named ``path``, for messages.
 
     Returns:
-        The writer, and how many of ``expected`` are already done (a prefix).
+        The writer, how many of ``expected`` are already done (a prefix), and how many of
+        those are error rows.
 
     Raises:
         ConfigError: the file exists and ``resume`` is off.
         PartError: the file belongs to other inputs, another shard or another model, or
             its rows are not this run's.
     """
-    done = 0
-    keep = 0
+    done = failed = keep = 0
     if path.exists() and not resume:
         raise ConfigError(
             f"{flag} {path} already exists",
@@ -301,6 +301,7 @@ def open_results(
             for i, line in enumerate(rows):
                 if i >= len(expected) or _row_path(line, path, i + 2) != expected[i]:
                     raise PartError(f"{flag} {path}, line {i + 2}: not the row this run expects")
+                failed += json.loads(line).get("error") is not None
             done = len(rows)
             keep = sum(len(line.encode("utf-8")) for line in lines)
     try:
@@ -312,7 +313,7 @@ def open_results(
     writer = ResultsWriter(path, fd)
     if keep == 0:
         writer.append([header.line()])
-    return writer, done
+    return writer, done, failed
 
 
 __all__ = [

@@ -30,8 +30,8 @@ def rows_for(paths: list[str]) -> list[str]:
 def write_part(path: Path, paths: list[str], shard: Shard, model=MODEL, n_rows=None) -> None:
     header = PartHeader.create(paths, shard, model)
     mine = paths[header.start : header.stop]
-    writer, done = open_results(path, header, mine, resume=False)
-    assert done == 0
+    writer, done, failed = open_results(path, header, mine, resume=False)
+    assert done == failed == 0
     with writer:
         writer.append(rows_for(mine)[:n_rows])
 
@@ -125,12 +125,12 @@ def test_resume_keeps_whole_lines_and_drops_a_torn_one(tmp_path):
     paths = [f"{i}.jpg" for i in range(5)]
     out = tmp_path / "results.jsonl"
     header = PartHeader.create(paths, Shard(), MODEL)
-    writer, _ = open_results(out, header, paths, resume=False)
+    writer, _, _ = open_results(out, header, paths, resume=False)
     with writer:
         writer.append(rows_for(paths[:2]))
     with out.open("a") as f:  # a kill in the middle of a line
         f.write(rows_for(paths[2:3])[0][:9])
-    writer, done = open_results(out, header, paths, resume=True)
+    writer, done, _ = open_results(out, header, paths, resume=True)
     assert done == 2
     with writer:
         writer.append(rows_for(paths[done:]))
@@ -142,10 +142,10 @@ def test_resume_of_a_torn_header_or_missing_file_starts_fresh(tmp_path):
     header = PartHeader.create(paths, Shard(), MODEL)
     out = tmp_path / "r.jsonl"
     out.write_text(header.line()[:10])
-    writer, done = open_results(out, header, paths, resume=True)
+    writer, done, _ = open_results(out, header, paths, resume=True)
     writer.close()
     assert done == 0 and out.read_text() == header.line()
-    writer, done = open_results(tmp_path / "new.jsonl", header, paths, resume=True)
+    writer, done, _ = open_results(tmp_path / "new.jsonl", header, paths, resume=True)
     writer.close()
     assert done == 0
 

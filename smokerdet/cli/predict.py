@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,9 @@ from smokerdet.cli._options import (
     option,
 )
 from smokerdet.config import PredictConfig
+
+if TYPE_CHECKING:
+    from smokerdet.predict import Inputs
 
 
 class Only(str, Enum):
@@ -40,6 +43,40 @@ CsvOpt = Annotated[
 ]
 OnlyOpt = Annotated[Only | None, typer.Option("--only", help="Show only images with this label.")]
 RecursiveOpt = Annotated[bool, option(PredictConfig, "recursive", "--recursive/--no-recursive")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Score only shard I of N (counted from 0) of the inputs, for N independent jobs; "
+        "join their --output files with --merge.",
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Write the rows to FILE as JSON Lines after a header line naming the inputs, "
+        "shard and model, batch by batch; resumable with --resume.",
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the --output FILE of a run that stopped: skip the paths already in it.",
+    ),
+]
+MergeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--merge",
+        help="The PATHs are the --output files of --shard runs: print their rows in input "
+        "order, as one run would have.",
+    ),
+]
 
 
 def predict(
@@ -53,6 +90,10 @@ def predict(
     csv_path: CsvOpt = None,
     only: OnlyOpt = None,
     recursive: RecursiveOpt = PredictConfig.recursive,
+    shard: ShardOpt = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    merge: MergeOpt = False,
 ) -> None:
     """Label photos as smoking or not smoking.
 
@@ -65,6 +106,9 @@ def predict(
       1  no usable input at all, or another error
       2  bad usage
       3  some images failed (their rows say why), the others were labelled
+
+    Many photos: split them with --shard and --merge, spread them over processes with
+    torchrun, and keep a resumable --output file (see docs/scale.md).
 
     Example:
 
@@ -80,6 +124,23 @@ def predict(
 
     if json_out and csv_path is not None and str(csv_path) == "-":
         raise ConfigError("--csv - and --json both want stdout: give --csv a file name")
+    from smokerdet.distributed import world_from_env
+
+    if merge or shard or output or resume or world_from_env().distributed:
+        scaled = dict(shard=shard, output=output, resume=resume, merge=merge)
+        return _scaled(
+            paths,
+            model,
+            threshold,
+            batch_size,
+            workers,
+            device.value,
+            recursive,
+            json_out,
+            csv_path,
+            only,
+            **scaled,
+        )
     cfg = PredictConfig(
         model=model,
         threshold=threshold,
@@ -114,3 +175,115 @@ def predict(
         raise typer.Exit(1)
     if summary.failed:
         raise typer.Exit(3)
+
+
+def _scaled(
+    paths: list[str],
+    model: str | None,
+    threshold: float | None,
+    batch_size: int,
+    workers: int | None,
+    device: str,
+    recursive: bool,
+    json_out: bool,
+    csv_path: Path | None,
+    only: Only | None,
+    *,
+    shard: str | None,
+    output: Path | None,
+    resume: bool,
+    merge: bool,
+) -> None:
+    """``predict`` with --merge, --shard, --output/--resume, or under torchrun."""
+    import time
+
+    from smokerdet import distributed
+    from smokerdet.cli._output import err, render_predictions
+    from smokerdet.errors import ConfigError
+    from smokerdet.predict import merge_results, predict_shard
+    from smokerdet.shard import parse_shard
+
+    started = time.perf_counter()
+    if merge:
+        if shard or output or resume:
+            raise ConfigError("--merge joins finished parts: drop --shard, --output and --resume")
+        rows = list(merge_results(paths))
+        summary = render_predictions(
+            rows,
+            total=len(rows),
+            json_lines=json_out,
+            csv_path=csv_path,
+            only=only.value if only else None,
+            started=started,
+        )
+        raise typer.Exit(_exit_code(summary.labelled, summary.failed))
+    if output is not None and (csv_path is not None or only is not None):
+        raise ConfigError("--output writes every row as JSON Lines: drop --csv and --only")
+    part = parse_shard(shard) if shard is not None else None
+    cfg = PredictConfig(
+        model=model,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        recursive=recursive,
+    )
+    with distributed.session("cpu") as world:  # gloo: the rows travel between CPUs
+        main = distributed.quiet_unless_main()
+        inputs = distributed.on_main(lambda: _expand(paths, cfg.recursive))
+        run = predict_shard(
+            inputs,
+            shard=part,
+            output=output,
+            resume=resume,
+            model=cfg.model,
+            threshold=cfg.threshold,
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            device=cfg.device,
+        )
+        labelled, failed = run.done - run.failed_before, run.failed_before
+        if not main:
+            for _ in run.rows:  # this rank's share of the work
+                pass
+        elif output is None:
+            summary = render_predictions(
+                run.rows,
+                total=run.total,
+                json_lines=json_out,
+                csv_path=csv_path,
+                only=only.value if only else None,
+                started=started,
+            )
+            labelled, failed = labelled + summary.labelled, failed + summary.failed
+        else:
+            for row in run.rows:
+                labelled += row.error is None
+                failed += row.error is not None
+            err().print(
+                f"{run.total} images ({run.done} already done), {failed} failed; "
+                f"results in {output}"
+            )
+        # The main rank alone exits with the run's code: torchrun stops the other ranks as
+        # soon as one of them exits non-zero, and the main one may still be writing.
+        code = _exit_code(labelled, failed) if world.is_main else 0
+    if code:
+        raise typer.Exit(code)
+
+
+def _expand(paths: list[str], recursive: bool) -> Inputs:
+    from smokerdet.cli._output import print_warning
+    from smokerdet.errors import NoInputError
+    from smokerdet.predict import expand_inputs
+
+    inputs = expand_inputs(paths, recursive=recursive)
+    if not inputs.items:
+        for w in inputs.warnings:
+            print_warning(w)
+        raise NoInputError("no images to label in the given paths", hint="check the PATH arguments")
+    return inputs
+
+
+def _exit_code(labelled: int, failed: int) -> int:
+    """0 all labelled, 1 none, 3 some failed (the rows say why)."""
+    return 1 if labelled == 0 else 3 if failed else 0

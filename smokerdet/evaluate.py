@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smokerdet import distributed
 from smokerdet.checkpoint import load_model
 from smokerdet.config import EvalConfig
 from smokerdet.data import find_dataset, resolve_data_root
@@ -19,6 +20,7 @@ from smokerdet.errors import DatasetLayoutError
 from smokerdet.inference import score_files
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.model import pick_device
+from smokerdet.shard import bounds
 
 
 @dataclass
@@ -57,6 +59,10 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
     Args:
         cfg: the options; keyword ``overrides`` build or amend one (``evaluate(split="val")``).
 
+    Under torchrun (inside :func:`smokerdet.distributed.session`) each rank scores a
+    contiguous slice of the split and every rank gets the same report, computed once over
+    all the slices gathered in order.
+
     Raises:
         ModelNotFoundError, CheckpointError: no usable model.
         DatasetNotFoundError, DatasetLayoutError: no usable data, or the split is empty.
@@ -79,16 +85,23 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
     threshold = loaded.meta.threshold if cfg.threshold is None else cfg.threshold
     probabilities: list[tuple[str, int, float]] = []
     skipped: list[tuple[str, str]] = []
-    paths = [s.path for s in samples]
+    world = distributed.current()
+    start, stop = bounds(len(samples), world.rank, world.size)
+    mine = samples[start:stop]
+    paths = [s.path for s in mine]
     for scored, sample in zip(
         score_files(loaded, paths, batch_size=cfg.batch_size, workers=cfg.workers, device=device),
-        samples,
+        mine,
         strict=True,
     ):
         if scored.probability is None:
             skipped.append((str(scored.path), scored.error or "unreadable"))
         else:
             probabilities.append((str(sample.path), sample.label, scored.probability))
+    if world.distributed:
+        slices = distributed.all_gather((probabilities, skipped))
+        probabilities = [row for rows, _ in slices for row in rows]
+        skipped = [row for _, rows in slices for row in rows]
     if not probabilities:
         raise DatasetLayoutError(
             f"none of the {len(samples)} images of the {cfg.split} split could be read"

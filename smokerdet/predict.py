@@ -317,7 +317,9 @@ def predict_shard(
         return _generate(part, loaded, cut, names, batch_size, workers, dev)
 
     if world.distributed:
-        rows, every = _in_turns(todo, score, world, SHARD_BLOCK), SHARD_BLOCK * world.size
+        # Small runs still use every rank: blocks of at most SHARD_BLOCK, one round at least.
+        block = max(1, min(SHARD_BLOCK, -(-len(todo) // world.size)))
+        rows, every = _in_turns(todo, score, world, block), block * world.size
     else:
         rows, every = score(todo), batch_size
     return ShardRun(_written(rows, writer, every), total=len(mine), done=done, failed_before=failed)

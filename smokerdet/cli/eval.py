@@ -37,12 +37,14 @@ def eval_(
     """Score a model on a dataset split: accuracy, precision, recall, F1 and more.
 
     Smoking is the positive class. No augmentation; the checkpoint's own preprocessing.
+    Under torchrun, the processes share the images and the first one prints the report.
 
     Example:
 
     \b
         smokerdet eval --data ./smoker-detection --split val --json
     """
+    from smokerdet import distributed
     from smokerdet.cli._output import print_json, render_eval
     from smokerdet.evaluate import evaluate
 
@@ -56,5 +58,7 @@ def eval_(
         device=device.value,
         seed=seed,
     )
-    report = evaluate(cfg)
-    print_json(report.to_dict()) if json_out else render_eval(report)
+    with distributed.session("cpu"):  # under torchrun, ranks share the split (gloo)
+        report = evaluate(cfg)
+    if distributed.quiet_unless_main():
+        print_json(report.to_dict()) if json_out else render_eval(report)

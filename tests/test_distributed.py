@@ -18,8 +18,10 @@ import pytest
 import torch
 from conftest import write_flat
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from smokerdet.checkpoint import load_model
+from smokerdet.cli import app
 from smokerdet.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +104,7 @@ def test_a_second_identical_ddp_run_gives_identical_tensors(ddp):
 
 def test_sigint_to_the_launcher_leaves_a_resumable_run(tmp_path):
     home, data = tmp_path / "home", write_flat(tmp_path / "data", n_per_class=8)
-    args = [*TRAIN, "--epochs", "12", "--data", str(data), "--name", "cut"]
+    args = [*TRAIN, "--epochs", "5", "--data", str(data), "--name", "cut"]
     proc = subprocess.Popen(
         torchrun_cmd(args),
         env=env_for(home),
@@ -124,6 +126,132 @@ def test_sigint_to_the_launcher_leaves_a_resumable_run(tmp_path):
     r = launch(["train", "--resume", "cut", "--json"], home)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert result["epochs_run"] == 12
+    assert result["epochs_run"] == 5
     assert load_model(str(home / "models" / "cut")).meta.arch == "resnet10t"
     assert not (home / "models" / "cut" / "resume").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# predict and eval: torchrun, --shard + --merge, --output + --resume
+
+
+@pytest.fixture(scope="module")
+def photos(ddp, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Photos with a corrupt file in each half, so that each rank and shard meets one."""
+    folder = write_flat(tmp_path_factory.mktemp("photos") / "in", n_per_class=7)
+    (folder / "notsmoking_0003.jpg").write_bytes(b"not a jpeg")  # first half
+    (folder / "smoking_0005.jpg").write_bytes(b"truncated")  # second half
+    return folder
+
+
+def cli(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    """``smokerdet ARGS`` in this process (through ``main()``, as a user runs it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMOKERDET_HOME", str(home))
+        r = CliRunner().invoke(app, args)
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
+
+
+def test_predict_under_torchrun_and_merged_shards_equal_one_process(ddp, photos, tmp_path):
+    home = ddp["home"]
+    args = ["predict", str(photos), "--model", "a", "--workers", "0", "--json"]
+    single = cli(args, home)
+    assert single.returncode == 3, single.stderr
+    rows = [json.loads(line) for line in single.stdout.splitlines()]
+    assert len(rows) == 14 and sum(r["error"] is not None for r in rows) == 2
+
+    both = launch(args, home)
+    assert both.stdout == single.stdout
+    # Every rank ends; the main one with the run's code (torchrun itself exits 1).
+    assert both.returncode == 1 and "exitcode  : 3" in both.stderr
+
+    parts = [tmp_path / f"part{i}.jsonl" for i in range(2)]
+    for i, part in enumerate(parts):
+        r = cli([*args[:-1], "--shard", f"{i}/2", "--output", str(part)], home)
+        assert r.returncode == 3, r.stderr  # each half holds a corrupt file
+    merged = cli(["predict", "--merge", str(parts[1]), str(parts[0]), "--json"], home)
+    assert merged.returncode == 3
+    assert merged.stdout == single.stdout
+
+
+def test_more_ranks_and_shards_than_inputs(ddp, photos, tmp_path):
+    home = ddp["home"]
+    two = [str(photos / "smoking_0000.jpg"), str(photos / "notsmoking_0000.jpg")]
+    args = ["predict", *two, "--model", "a", "--workers", "0", "--json"]
+    single = cli(args, home)
+    assert single.returncode == 0
+    three = launch(args, home, n=3)
+    assert three.returncode == 0, three.stderr
+    assert three.stdout == single.stdout
+    parts = [tmp_path / f"p{i}.jsonl" for i in range(3)]
+    for i, part in enumerate(parts):
+        assert cli([*args[:-1], "--shard", f"{i}/3", "-o", str(part)], home).returncode == 0
+    assert len(parts[0].read_text().splitlines()) == 1  # only the header: an empty part
+    assert cli(["predict", "--merge", *map(str, parts), "--json"], home).stdout == single.stdout
+
+
+def test_eval_under_torchrun_equals_one_process(ddp, photos):
+    home, data = ddp["home"], ddp["data"]
+    args = ["eval", "--model", "a", "--data", str(photos), "--split", "all", "--workers", "0"]
+    single = cli([*args, "--json"], home)
+    both = launch([*args, "--json"], home)
+    assert single.returncode == both.returncode == 0, both.stderr
+    assert both.stdout == single.stdout
+    report = json.loads(single.stdout)
+    assert report["n"] == 12 and len(report["skipped"]) == 2
+    assert data.exists()
+
+
+def test_merge_refuses_parts_of_another_model(ddp, photos, tmp_path):
+    home = ddp["home"]
+    base = ["predict", str(photos), "--workers", "0"]
+    p0, p1 = tmp_path / "p0.jsonl", tmp_path / "p1.jsonl"
+    cli([*base, "--model", "a", "--shard", "0/2", "-o", str(p0)], home)
+    cli([*base, "--model", "b", "--shard", "1/2", "-o", str(p1)], home)
+    r = cli(["predict", "--merge", str(p0), str(p1)], home)
+    assert r.returncode == 1
+    assert "were made from different models" in r.stderr
+
+
+@pytest.mark.parametrize("spec", ["3/2", "0/0", "a/b"])
+def test_bad_shard_spec_exits_2_naming_the_flag(ddp, photos, spec):
+    r = cli(["predict", str(photos), "--model", "a", "--shard", spec], ddp["home"])
+    assert r.returncode == 2
+    assert "Error: --shard" in r.stderr
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(ddp, tmp_path):
+    home = ddp["home"]
+    photos = write_flat(tmp_path / "many", n_per_class=25)
+    base = ["predict", str(photos), "--model", "a", "--workers", "0", "--batch-size", "1"]
+    full, cut = tmp_path / "full.jsonl", tmp_path / "cut.jsonl"
+    assert cli([*base, "--output", str(full)], home).returncode == 0
+    cmd = [sys.executable, "-m", "smokerdet", *base, "--output", str(cut)]
+    proc = subprocess.Popen(cmd, env=env_for(home), cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if cut.exists() and cut.read_bytes().count(b"\n") >= 6:  # header + 5 rows
+            proc.kill()
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    lines = cut.read_bytes().count(b"\n")
+    assert 6 <= lines < 51
+    with cut.open("ab") as f:  # and a kill in the middle of a line
+        f.write(b'{"path": "torn')
+    r = cli([*base, "--output", str(cut), "--resume"], home)
+    assert r.returncode == 0, r.stderr
+    assert f"({lines - 1} already done)" in r.stderr
+    assert cut.read_bytes() == full.read_bytes()
+    paths = [json.loads(line)["path"] for line in cut.read_text().splitlines()[1:]]
+    assert len(paths) == len(set(paths)) == 50
+
+
+def test_output_exists_without_resume_is_refused(ddp, photos, tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text("precious\n")
+    r = cli(["predict", str(photos), "--model", "a", "--output", str(out)], ddp["home"])
+    assert r.returncode == 2
+    assert "already exists" in r.stderr and "--resume" in r.stderr
+    assert out.read_text() == "precious\n"

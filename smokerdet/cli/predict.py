@@ -285,5 +285,5 @@ def _expand(paths: list[str], recursive: bool) -> Inputs:
 
 
 def _exit_code(labelled: int, failed: int) -> int:
-    """0 all labelled, 1 none, 3 some failed (the rows say why)."""
-    return 1 if labelled == 0 else 3 if failed else 0
+    """0 all labelled (an empty shard too), 1 none, 3 some failed (the rows say why)."""
+    return (1 if labelled == 0 else 3) if failed else 0

@@ -114,7 +114,8 @@ def session(device: str = "cpu") -> Iterator[World]:
     """Join the process group torchrun asks for, for the duration of one command.
 
     Args:
-        device: the resolved device; ``cuda`` selects ``nccl`` and this rank's local GPU.
+        device: the resolved device; ``cuda`` selects ``nccl``, anything else ``gloo`` (the
+            rows of predict travel between CPUs). Each rank uses the GPU of its local rank.
 
     Yields:
         This process's :class:`World` (one process when not launched by torchrun, or when a
@@ -132,10 +133,10 @@ def session(device: str = "cpu") -> Iterator[World]:
     if dist.is_available() and dist.is_initialized():
         yield world
         return
-    if device.startswith("cuda"):
-        import torch
+    import torch
 
-        torch.cuda.set_device(world.local_rank)
+    if torch.cuda.is_available():  # each rank on its own GPU, whatever the backend
+        torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
     backend = "nccl" if device.startswith("cuda") else "gloo"
     try:
         dist.init_process_group(backend, timeout=timeout())

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_TRAIN_ARGS, synthetic_image, write_flat
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from smokerdet.cli import app
-from smokerdet.data import DataConfig, eval_transform, find_dataset, load_image
+from smokerdet.data import find_dataset, load_image
 from smokerdet.errors import ImageLoadError
 
 UNREADABLE_TARGET = "/proc/self/mem"
@@ -170,37 +168,6 @@ def test_eval_and_train_skip_the_corpus_and_report_it(runner, tmp_path):
     report = json.loads(r.stdout)
     assert sorted(Path(s["path"]).name for s in report["skipped"]) == sorted(bad)
     assert report["n"] + len(report["skipped"]) == 20 + len(expect) - 1  # the loop is no file
-
-
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(data=st.data())
-def test_loader_property_random_and_mutated_bytes(tmp_path, data):
-    """Only two outcomes: a correctly shaped tensor, or our own ImageLoadError."""
-    seeds = {
-        "jpg": _jpeg(synthetic_image(1, 2, 24)),
-        "png": _png(synthetic_image(0, 3, 24)),
-        "gif": _png(synthetic_image(0, 4, 24).convert("P")),
-    }
-    kind = data.draw(st.sampled_from(["random", "jpg", "png", "gif"]))
-    if kind == "random":
-        blob = data.draw(st.binary(max_size=2048))
-    else:
-        blob = bytearray(seeds[kind])
-        for _ in range(data.draw(st.integers(1, 8))):
-            i = data.draw(st.integers(0, len(blob) - 1))
-            blob[i] = data.draw(st.integers(0, 255))
-        cut = data.draw(st.integers(1, len(blob)))
-        blob = bytes(blob[:cut])
-    path = tmp_path / "fuzz.img"
-    path.write_bytes(blob)
-    cfg = DataConfig(input_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    try:
-        x = eval_transform(cfg)(load_image(path))
-    except ImageLoadError:
-        return
-    assert tuple(x.shape) == (3, 16, 16)
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,7 @@ def test_eval_and_train_skip_the_corpus_and_report_it(runner, tmp_path):
         # 72 MP: over our 64 MP cap, under Pillow's: only our header check stops it
         (9000, 8000, "too large: 9000x8000 pixels"),
     ],
+    ids=["400MP", "72MP"],
 )
 def test_bomb_is_rejected_fast(tmp_path, width, height, message):
     path = tmp_path / "bomb.png"

@@ -539,5 +539,80 @@ def main() -> None:
         sys.exit(1)
 
 
+# --- serve (self-contained: port as a whole into the cli package) ----------------------------
+from smokerdet.serve import ServeConfig  # noqa: E402  (kept inside this block on purpose)
+
+SERVE = ServeConfig()
+
+
+@command("serve")
+def serve_cmd(
+    model: ModelOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on. Not loopback: use --token.")
+    ] = SERVE.host,
+    port: Annotated[
+        int, typer.Option("--port", "-p", help="TCP port (0: any free port).")
+    ] = SERVE.port,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="SMOKERDET_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' on every API call.",
+        ),
+    ] = None,
+    collect: Annotated[
+        Path | None,
+        typer.Option(
+            "--collect",
+            metavar="DIR",
+            help="Save reviewed photos into DIR/smoking/ and DIR/not_smoking/ (for train).",
+        ),
+    ] = None,
+    max_body_mb: Annotated[
+        float, typer.Option("--max-body-mb", help="Largest request body, in MiB.")
+    ] = SERVE.max_body_mb,
+    max_files: Annotated[int, typer.Option("--max-files", help="Most images per request.")] = (
+        SERVE.max_files
+    ),
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", help="Largest image, in pixels (width x height).")
+    ] = SERVE.max_pixels,
+    threads: Annotated[
+        int, typer.Option("--threads", help="Inferences run at once, each in a worker thread.")
+    ] = SERVE.threads,
+    device: DeviceOpt = Device.auto,
+) -> None:
+    """Serve the model over HTTP: an API for cameras and a review page at /.
+
+    Binds to 127.0.0.1 by default. The API is documented at /docs. SIGTERM or Ctrl-C
+    finishes the requests in flight and exits 0.
+
+    Example:
+
+    \b
+        smokerdet serve --port 8000
+        curl -s -H 'Content-Type: image/jpeg' --data-binary @photo.jpg \\
+            http://127.0.0.1:8000/v1/predict
+    """
+    from smokerdet.serve import serve
+
+    serve(
+        ServeConfig(
+            model=model,
+            host=host,
+            port=port,
+            token=token,
+            collect=collect,
+            max_body_mb=max_body_mb,
+            max_files=max_files,
+            max_pixels=max_pixels,
+            threads=threads,
+            device=device.value,
+        )
+    )
+
+
 if __name__ == "__main__":
     main()

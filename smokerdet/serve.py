@@ -405,9 +405,8 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
         if any(r["label"] is not None for r in rows):
             return JSONResponse(body)
         too_big = any((r["error"] or "").startswith("too large") for r in rows)
-        status = 413 if too_big else 422
-        reason = "over --max-pixels" if too_big else "not readable images"
-        return error(status, f"no image could be labelled ({reason})", **body)
+        first = rows[0]["error"] + (" (--max-pixels)" if too_big else "")
+        return error(413 if too_big else 422, f"no image could be labelled: {first}", **body)
 
     @app.get("/v1/review", dependencies=api, tags=["review"])
     async def get_review() -> dict[str, Any]:

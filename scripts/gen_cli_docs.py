@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from smokerdet.cli import app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "commands"
-COMMANDS = ["info", "download", "train", "eval", "predict"]
+COMMANDS = ["info", "download", "train", "eval", "predict", "serve"]
 
 
 def render(command: str | None) -> str:

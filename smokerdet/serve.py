@@ -326,9 +326,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Any:
 def _build_app(config: ServeConfig, engine: Engine) -> Any:
     import anyio
     from fastapi import Depends, FastAPI, Query, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.exceptions import HTTPException
+    from fastapi.responses import JSONResponse
 
     from smokerdet.__about__ import __version__
 
@@ -343,22 +341,7 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
         redoc_url=None,
     )
 
-    def error(status: int, message: str, **extra: Any) -> JSONResponse:
-        return JSONResponse({"error": message, **extra}, status_code=status)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
-        return error(e.status, e.message)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, e: HTTPException) -> JSONResponse:
-        return error(e.status_code, str(e.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body"))
-        return error(422, f"invalid {where or 'request'}: {first.get('msg', 'bad value')}")
+    _error_handlers(app)
 
     def authorize(request: Request) -> None:
         if config.token is None:
@@ -406,7 +389,7 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
             return JSONResponse(body)
         too_big = any((r["error"] or "").startswith("too large") for r in rows)
         first = rows[0]["error"] + (" (--max-pixels)" if too_big else "")
-        return error(413 if too_big else 422, f"no image could be labelled: {first}", **body)
+        return json_error(413 if too_big else 422, f"no image could be labelled: {first}", **body)
 
     @app.get("/v1/review", dependencies=api, tags=["review"])
     async def get_review() -> dict[str, Any]:
@@ -437,6 +420,43 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
         fmt = _image_format(data)
         return await anyio.to_thread.run_sync(collector.save, data, fmt, label)
 
+    _pages(app)
+    return app
+
+
+def json_error(status: int, message: str, **extra: Any) -> Any:
+    """A JSON error answer: ``{"error": message, ...}``."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _error_handlers(app: Any) -> None:
+    """Every error, ours or the framework's, answers ``{"error": ...}`` with its status."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return json_error(e.status, e.message)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, e: HTTPException) -> JSONResponse:
+        return json_error(e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body"))
+        return json_error(422, f"invalid {where or 'request'}: {first.get('msg', 'bad value')}")
+
+
+def _pages(app: Any) -> None:
+    """The review page and the API reference: package files, no third-party origin allowed."""
+    from fastapi.responses import HTMLResponse
+
     page_headers = {
         "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
         "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
@@ -452,8 +472,6 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(_static("docs.html"), headers=page_headers)
-
-    return app
 
 
 def _static(name: str) -> str:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -375,17 +376,20 @@ def test_public_host_without_token_warns(tmp_path, trained_model):
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(default_server):
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in examples()]
-    answer: dict[str, httpx.Response] = {}
+    answer: dict[str, Any] = {}
 
     def post() -> None:
         with default_server.client() as c:
             answer["r"] = c.post("/v1/predict?heatmap=1", files=files)
+        answer["done"] = time.monotonic()
 
     worker = threading.Thread(target=post)
     worker.start()
     time.sleep(0.5)  # the request is in flight: 12 photos with heatmaps take seconds
+    signalled = time.monotonic()
     default_server.proc.send_signal(signal.SIGTERM)
     worker.join(timeout=120)
+    assert answer["done"] > signalled  # it was still in flight when the signal came
     assert answer["r"].status_code == 200
     assert all(row["heatmap"] for row in answer["r"].json()["results"])
     assert default_server.proc.wait(timeout=60) == 0

@@ -179,6 +179,25 @@ def test_review_page_in_chromium(browser, tmp_path):
         assert server.stop() == 0, server.stderr()
 
 
+def test_page_asks_for_the_token_once(browser, tmp_path, trained_model):
+    server = Server(tmp_path, "--model", str(trained_model), "--token", "page-token")
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.evaluate("window.smokerdetReady")
+        box = page.locator("#token-box")
+        box.wait_for(state="visible")
+        assert "token" in page.locator("[data-testid=model]").inner_text()
+        page.fill("#token", "page-token")
+        page.keyboard.press("Enter")
+        wait_text(page, "model", "Model tiny")
+        assert box.is_hidden()
+        drop_photos(page, [EXAMPLES / "smoking_0001.jpg"])
+        wait_text(page, "summary", "1 of 1 labelled", timeout=60_000)
+    finally:
+        assert server.stop() == 0, server.stderr()
+
+
 def main(target: Path) -> None:
     """Refresh a screenshot (the README's) with the same session the test runs."""
     import tempfile

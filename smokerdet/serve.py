@@ -535,9 +535,14 @@ def serve(config: ServeConfig) -> None:
             timeout_graceful_shutdown=30,
         )
     )
-    # uvicorn re-raises the signal that stopped it once it has drained; a no-op handler
-    # makes that a clean return (exit 0) instead of death by SIGTERM or a KeyboardInterrupt.
-    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    # Until uvicorn installs its own handlers, a signal asks it to stop as soon as it starts;
+    # once it has drained it re-raises the signal, which this handler turns into a clean
+    # return (exit 0) instead of death by SIGTERM or a KeyboardInterrupt.
+    def stop(*_: Any) -> None:
+        server.should_exit = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
     finally:

@@ -3,7 +3,12 @@
 Because both commands score through :func:`score_files`, the same image gets the same
 probability from ``smokerdet eval`` and ``smokerdet predict``.
 
-On a CPU the model runs *inside* the worker processes, one per core with one thread each:
+:func:`score_paths` scores through an :class:`~smokerdet.engine.Engine`. With ONNX Runtime,
+threads decode and preprocess (PIL releases the GIL) while one session runs each batch with
+one intra-op thread per core: the layout bench/engine.py measured fastest. A torch engine
+without heatmaps goes through :func:`score_files`.
+
+With torch on a CPU, the model runs *inside* the worker processes, one per core with one thread each:
 a small convolutional network scales poorly across cores within one forward pass, but
 perfectly across processes (bench/predict.py: 2 processes x 1 thread score ~1.5x as many
 images per second as 1 process x 2 threads on the 2-core build machine). On a GPU, workers
@@ -14,16 +19,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smokerdet.checkpoint import LoadedModel
 from smokerdet.data import ImageFileDataset, collate_scored, eval_transform
+from smokerdet.errors import ImageLoadError
+from smokerdet.heatmap import heatmap_name, write_overlay
+from smokerdet.images import load_image, preprocess
+
+if TYPE_CHECKING:
+    from smokerdet.engine import Engine
 
 #: Images per forward pass. Small batches stay in the CPU's cache and measured fastest there
 #: (bench/predict.py); pass a larger --batch-size on a GPU.
 DEFAULT_BATCH_SIZE = 4
+
+#: Images per onnxruntime run (bench/engine.py: the rate is flat from 8 to 32 on a CPU, and
+#: small batches keep memory low).
+ONNX_BATCH_SIZE = 8
 
 #: At most this many scoring processes by default: each holds its own activations.
 MAX_DEFAULT_WORKERS = 4
@@ -37,6 +53,7 @@ class Scored:
     path: Path
     probability: float | None
     error: str | None
+    heatmap: Path | None = None
 
 
 def default_workers(n_items: int, batch_size: int, device: str = "cpu") -> int:
@@ -139,3 +156,107 @@ def score_files(
         for i in sorted(outcome):
             prob, err = outcome[i]
             yield Scored(index=i, path=paths[i], probability=prob, error=err)
+
+
+def _prepare(path: Path, engine: Engine, keep: bool) -> tuple[Any, Any, str | None]:
+    """(input array, decoded image if ``keep``, error): never raises for a bad file."""
+    cfg = engine.meta.data_config
+    try:
+        im = load_image(path, draft_size=cfg.input_size)
+        return preprocess(im, cfg), (im if keep else None), None
+    except ImageLoadError as e:
+        return None, None, e.reason
+    except Exception as e:  # a transform must not kill a 100,000-image batch either
+        return None, None, f"could not preprocess ({type(e).__name__}: {e})"
+
+
+def _score_batch(
+    engine: Engine,
+    paths: Sequence[Path],
+    start: int,
+    prepared: list[tuple[Any, Any, str | None]],
+    heatmaps: Path | None,
+) -> Iterator[Scored]:
+    import numpy as np
+
+    from smokerdet.engine import normalise_cam, to_image_grid
+
+    good = [k for k, (x, _, err) in enumerate(prepared) if err is None]
+    maps: Any = None
+    probs: list[float] = []
+    if good:
+        batch = np.stack([prepared[k][0] for k in good])
+        if heatmaps is None:
+            probs = engine.score_arrays(batch)
+        else:
+            probs, maps = engine.maps_arrays(batch)
+    outcome: dict[int, tuple[float | None, str | None, Path | None]] = {}
+    for j, k in enumerate(good):
+        target = None
+        if maps is not None and heatmaps is not None:
+            im = prepared[k][1]
+            heat = to_image_grid(normalise_cam(maps[j]), im.size, engine.meta.data_config)
+            target = write_overlay(heatmaps / heatmap_name(paths[start + k]), im, heat)
+        outcome[k] = (probs[j], None, target)
+    for k, (_, _, err) in enumerate(prepared):
+        if err is not None:
+            outcome[k] = (None, err, None)
+    for k in range(len(prepared)):
+        prob, err, target = outcome[k]
+        yield Scored(start + k, paths[start + k], prob, err, target)
+
+
+def score_paths(
+    engine: Engine,
+    paths: Sequence[Path],
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    heatmaps: Path | None = None,
+) -> Iterator[Scored]:
+    """Score ``paths`` in order through ``engine``; optionally write a heatmap per image.
+
+    Memory stays bounded by the batch size and one batch of prefetch, however many paths.
+
+    Args:
+        engine: the model (:func:`smokerdet.engine.open_engine`).
+        paths: image files.
+        batch_size: images per run (default: :data:`ONNX_BATCH_SIZE` for ONNX, else
+            :data:`DEFAULT_BATCH_SIZE`).
+        workers: for ONNX, decoding threads (default: one per core; 0 decodes in this
+            thread); for torch, worker processes as in :func:`score_files`.
+        heatmaps: a folder to write ``<stem>-<hash>.heatmap.png`` overlays into.
+    """
+    if engine.backend == "torch" and heatmaps is None:
+        loaded = engine.loaded  # type: ignore[attr-defined]
+        yield from score_files(
+            loaded,
+            paths,
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            workers=workers,
+            device=engine.device,  # type: ignore[attr-defined]
+        )
+        return
+    size = batch_size or (ONNX_BATCH_SIZE if engine.backend == "onnx" else DEFAULT_BATCH_SIZE)
+    threads = min(4, os.cpu_count() or 1) if workers is None else workers
+    keep = heatmaps is not None
+    chunks = [range(i, min(i + size, len(paths))) for i in range(0, len(paths), size)]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+
+        def submit(chunk: range) -> list[Future[tuple[Any, Any, str | None]]]:
+            if threads == 0:  # decode here, now: no threads at all
+                done: list[Future[tuple[Any, Any, str | None]]] = []
+                for i in chunk:
+                    f: Future[tuple[Any, Any, str | None]] = Future()
+                    f.set_result(_prepare(paths[i], engine, keep))
+                    done.append(f)
+                return done
+            return [pool.submit(_prepare, paths[i], engine, keep) for i in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for n, chunk in enumerate(chunks):
+            current = pending
+            # the next batch decodes while this one runs
+            pending = submit(chunks[n + 1]) if n + 1 < len(chunks) else []
+            prepared = [f.result() for f in current]
+            yield from _score_batch(engine, paths, chunk.start, prepared, heatmaps)

@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,9 @@ def _to_onnx_bytes(wrapper: Any, size: int, name: str) -> bytes:
     dummy = torch.zeros(2, 3, size, size)
     axes = {INPUT_NAME: {0: "batch"}, LOGIT_NAME: {0: "batch"}, FEATURES_NAME: {0: "batch"}}
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # dynamo=False is deliberate (measured exact and fast here): not the user's concern
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 wrapper,
                 (dummy,),

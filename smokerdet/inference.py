@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 #: (bench/predict.py); pass a larger --batch-size on a GPU.
 DEFAULT_BATCH_SIZE = 4
 
-#: Images per onnxruntime run (bench/engine.py: the rate is flat from 8 to 32 on a CPU, and
-#: small batches keep memory low).
-ONNX_BATCH_SIZE = 8
+#: Images per onnxruntime run. bench/engine.py: batch 1 (2 with flip TTA) is as fast as any
+#: on a CPU, and onnxruntime's arena grows with the batch (peak RSS on 300 photos: 180 MB at
+#: batch 1, 400 MB at 4, 680 MB at 8).
+ONNX_BATCH_SIZE = 1
 
 #: At most this many scoring processes by default: each holds its own activations.
 MAX_DEFAULT_WORKERS = 4

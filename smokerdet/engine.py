@@ -129,8 +129,8 @@ class OnnxEngine(Engine):
     backend = "onnx"
 
     def __init__(self, path: Path, name: str, threads: int | None = None) -> None:
-        self.path, self.name = path, name
-        self.session = _session(path, threads)
+        self.path, self.name, self.threads = path, name, threads
+        self.session: Any = _session(path, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta = meta_from_props(props, path)
         self._check_graph()
@@ -154,8 +154,15 @@ class OnnxEngine(Engine):
                 hint="re-export the model with `smokerdet export`",
             )
 
+    def release(self) -> None:
+        """Close the session (and its threads), e.g. before forking; reopened when used."""
+        self.session = None
+
     def _run(self, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
         import numpy as np
+
+        if self.session is None:
+            self.session = _session(self.path, self.threads)
 
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if self.meta.tta == "hflip":

@@ -260,3 +260,11 @@ def test_bad_onnx_files_are_refused_naming_the_file_and_field(
     code, output = predict_cli(runner, model_copy)
     assert code == 1 and "model.onnx: field 'weights_sha256'" in output
     assert "does not match the weights of" in output
+
+
+def test_worker_processes_give_the_same_rows_in_order(tmp_path: Path):
+    build_corpus(tmp_path / "nasty")
+    paths = [str(EXAMPLES), str(tmp_path / "nasty")]
+    here = [p.to_dict() for p in smokerdet.predict(paths, backend="onnx", workers=0)]
+    pool = [p.to_dict() for p in smokerdet.predict(paths, backend="onnx", workers=2)]
+    assert len(here) > 30 and here == pool

@@ -268,3 +268,15 @@ def test_worker_processes_give_the_same_rows_in_order(tmp_path: Path):
     here = [p.to_dict() for p in smokerdet.predict(paths, backend="onnx", workers=0)]
     pool = [p.to_dict() for p in smokerdet.predict(paths, backend="onnx", workers=2)]
     assert len(here) > 30 and here == pool
+
+
+def test_evaluate_gives_the_same_metrics_on_both_backends():
+    on_onnx = smokerdet.evaluate(data=EXAMPLES, split="all", model="default", backend="onnx")
+    on_torch = smokerdet.evaluate(
+        data=EXAMPLES, split="all", model="default", backend="torch", device="cpu"
+    )
+    assert on_onnx.model_path.name == "model.onnx" and on_torch.model_path.is_dir()
+    assert on_onnx.metrics.accuracy == on_torch.metrics.accuracy
+    assert on_onnx.metrics.roc_auc == on_torch.metrics.roc_auc
+    for (a, ya, pa), (b, yb, pb) in zip(on_onnx.probabilities, on_torch.probabilities, strict=True):
+        assert a == b and ya == yb and abs(pa - pb) <= 1e-3

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from smokerdet.data import MAX_IMAGE_PIXELS, SPLITS
 from smokerdet.errors import ConfigError, SmokerdetError
-from smokerdet.inference import DEFAULT_BATCH_SIZE
 from smokerdet.model import DEFAULT_ARCH, MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -60,10 +59,13 @@ def field_help(cls: type) -> dict[str, str]:
     return found
 
 
+BACKENDS = ("auto", "onnx", "torch")
+
+
 def _check_common(
-    *, batch_size: int, workers: int | None, device: str, threshold: float | None = None
+    *, batch_size: int | None, workers: int | None, device: str, threshold: float | None = None
 ) -> None:
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}")
@@ -191,19 +193,26 @@ class ScoringConfig:
     """Options shared by the commands that score images with a trained model."""
 
     model: str | None = None
-    """Model name, folder, 'latest' or 'default'. Default: the latest trained model, else the
-    model shipped with smokerdet."""
+    """Model name, folder, .onnx file, 'latest' or 'default'. Default: the model chosen with
+    `smokerdet models default`, else the model shipped with smokerdet."""
     threshold: float | None = None
     """Probability from which a photo is 'smoking'. Default: the model's."""
-    batch_size: int = DEFAULT_BATCH_SIZE
-    """Images per batch."""
+    batch_size: int | None = None
+    """Images per batch. Default: 1 through ONNX Runtime, 4 through torch."""
     workers: int | None = None
     """Worker processes. On a CPU each decodes and scores its own batches (one per core, at
     most 4, by default; 0: all in this process); on a GPU they decode."""
     device: str = "auto"
     """Where to run."""
+    backend: str = "auto"
+    """How to run the model: auto (ONNX Runtime when the model has an ONNX file and runs on
+    the CPU, else torch), onnx or torch."""
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"
+            )
         _check_common(
             batch_size=self.batch_size,
             workers=self.workers,

@@ -12,16 +12,16 @@ import glob
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from smokerdet.checkpoint import LoadedModel, load_model
 from smokerdet.data import CLASS_NAMES, is_image_file
+from smokerdet.engine import Engine, open_engine
 from smokerdet.errors import ConfigError
-from smokerdet.inference import DEFAULT_BATCH_SIZE, score_files
-from smokerdet.model import pick_device
+from smokerdet.inference import score_paths
 
 log = logging.getLogger("smokerdet")
 
@@ -38,9 +38,16 @@ class Prediction:
     threshold: float
     model: str
     error: str | None = None
+    heatmap: str | None = None
+    """The heatmap overlay PNG written for this image (only with ``heatmaps=``)."""
+    heatmaps_asked: bool = field(default=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row as a dict; ``heatmap`` is in it only when heatmaps were asked for."""
+        d = asdict(self)
+        if not d.pop("heatmaps_asked"):
+            d.pop("heatmap")
+        return d
 
 
 @dataclass
@@ -131,70 +138,103 @@ def expand_inputs(
     return out
 
 
+def check_heatmap_dir(heatmaps: str | os.PathLike[str]) -> Path:
+    """The ``--heatmaps`` folder, checked writable before any image is read."""
+    folder = Path(heatmaps).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--heatmaps {folder}: no such folder", hint="create it first, or pick another"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".smokerdet-", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"--heatmaps {folder} is not writable ({e.strerror or e})",
+            hint="pick a folder you can write to",
+        ) from None
+    return folder
+
+
 def predict(
     inputs: Iterable[str | os.PathLike[str]] | Inputs,
     *,
     model: str | os.PathLike[str] | None = None,
     threshold: float | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
     recursive: bool = True,
+    backend: str = "auto",
+    heatmaps: str | os.PathLike[str] | None = None,
 ) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` for every image in ``inputs``, in input order.
 
-    Images stream through a DataLoader in batches, so memory stays bounded however many paths
-    are given. A file that can't be read yields a Prediction with ``error`` set; nothing stops
-    the run.
+    Images stream in batches, so memory stays bounded however many paths are given. A file
+    that can't be read yields a Prediction with ``error`` set; nothing stops the run. With an
+    ONNX model (the shipped one, or any model exported by ``smokerdet export``) on the CPU,
+    neither torch nor timm is imported.
 
     Args:
         inputs: files, folders, glob patterns, ``-`` for stdin, or :func:`expand_inputs` output.
-        model: a model name, path, ``latest`` or ``default``; by default the latest trained
-            model, else the one shipped in the package.
+        model: a model name, folder, ``.onnx`` file, ``latest`` or ``default``; by default the
+            latest trained model, else the one shipped in the package.
         threshold: probability from which an image is labelled smoking; defaults to the
             threshold stored in the model (chosen on validation data).
-        batch_size: images per forward pass.
-        workers: worker processes; on a CPU each decodes and scores its own batches with one
-            thread (default: one per core, at most 4; 0 scores in this process).
-        device: auto, cpu, cuda or mps.
+        batch_size: images per forward pass (default: 8 with ONNX, 4 with torch).
+        workers: with ONNX, decoding threads (default: one per core, at most 4); with torch on
+            a CPU, worker processes that decode and score (0 scores in this process).
+        device: auto, cpu, cuda or mps; ONNX runs on the CPU, a GPU means torch.
         recursive: walk folders recursively.
+        backend: auto (ONNX when the model has an ONNX file), onnx or torch.
+        heatmaps: a folder to write one heatmap overlay PNG per photo into; each
+            Prediction's ``heatmap`` names its file.
 
     Raises:
         ModelNotFoundError, CheckpointError: no usable model (before any image is read).
-        ConfigError: an option is out of range.
+        ConfigError: an option is out of range, or ``heatmaps`` is not a writable folder.
     """
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    heat_dir = check_heatmap_dir(heatmaps) if heatmaps is not None else None
     expanded = inputs if isinstance(inputs, Inputs) else expand_inputs(inputs, recursive=recursive)
     for warning in expanded.warnings:
         log.warning(warning)
-    dev = pick_device(device)
-    loaded = load_model(model, device=dev)
-    cut = loaded.meta.threshold if threshold is None else threshold
-    names = loaded.meta.class_names or list(CLASS_NAMES)
-    return _generate(expanded, loaded, cut, names, batch_size, workers, dev)
+    engine = open_engine(model, backend=backend, device=device)
+    if heat_dir is not None and engine.backend == "onnx" and engine.head is None:  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"--heatmaps: {engine.path} has no linear head for CAM heatmaps",
+            hint="use --backend torch for heatmaps with this model (Grad-CAM)",
+        )
+    cut = engine.meta.threshold if threshold is None else threshold
+    names = engine.meta.class_names or list(CLASS_NAMES)
+    return _generate(expanded, engine, cut, names, batch_size, workers, heat_dir)
 
 
 def _generate(
     expanded: Inputs,
-    loaded: LoadedModel,
+    engine: Engine,
     cut: float,
     names: list[str],
-    batch_size: int,
+    batch_size: int | None,
     workers: int | None,
-    device: str,
+    heat_dir: Path | None,
 ) -> Iterator[Prediction]:
     readable = [Path(p) for p, err in expanded.items if err is None]
-    scores = score_files(loaded, readable, batch_size=batch_size, workers=workers, device=device)
+    scores = score_paths(
+        engine, readable, batch_size=batch_size, workers=workers, heatmaps=heat_dir
+    )
+    asked = heat_dir is not None
     for path, error in expanded.items:
         if error is not None:
-            yield Prediction(path, None, None, cut, loaded.name, error)
+            yield Prediction(path, None, None, cut, engine.name, error, None, asked)
             continue
         scored = next(scores)
         if scored.probability is None:
-            yield Prediction(path, None, None, cut, loaded.name, scored.error)
+            yield Prediction(path, None, None, cut, engine.name, scored.error, None, asked)
         else:
             label = names[1] if scored.probability >= cut else names[0]
-            yield Prediction(path, label, scored.probability, cut, loaded.name, None)
+            heat = str(scored.heatmap) if scored.heatmap is not None else None
+            yield Prediction(path, label, scored.probability, cut, engine.name, None, heat, asked)

@@ -1,22 +1,33 @@
 #!/usr/bin/env python
 """How fast is ``smokerdet predict`` against what the hardware allows?
 
-Measures, for one model (architecture and input size as stored in it):
+Measures, for one model (architecture and input size as stored in it), every cell repeated
+(``--repeats``, at least 3) and reported as its median with the min-max spread:
 
 1. ``smokerdet predict --json`` end to end on N images (a subprocess: start-up included);
    with ``--memory-images M``, a second run on M images gives the peak memory (PSS of the
    process and its workers);
-2. a naive loop: PIL open, the model's transform, one forward per image;
-3. the forward pass alone on pre-made tensors, contiguous and channels_last, batch 1 and 32:
-   the ceiling for (1) as the issue defines it (one process using every core); and the
-   forward pass in one process per core, one thread each, which is how smokerdet runs on a
-   CPU: the parallel ceiling;
-4. the physical limit: the model's FLOPs over the machine's measured fp32 matmul FLOP/s;
+2. a naive loop: PIL open, the model's transform, one forward per image, after a warm-up and
+   in the memory layout smokerdet uses on a CPU (channels_last);
+3. ``smokerdet.predict()`` in-process (model loaded, decoding included), and with ``--sweep``
+   at batch 1-8 and 0 or one worker per core;
+4. the forward pass alone: on the same images' tensors, and on random input in both memory
+   layouts at batch 1, 8 and 32 (optionally bf16 and torch.compile): every one of these counts
+   toward the one-process ceiling, which is the best of them;
+5. the forward pass in one forked process per core, one thread each (how smokerdet scores on a
+   CPU), batch 1, 4 and 8: the multi-process ceiling, the best of those;
+6. the physical limit: the model's FLOPs over the machine's measured fp32 matmul FLOP/s (a
+   bound, not a measurement of the model).
 
-and optionally bf16 autocast. Prints a table; ``--json FILE`` also writes the numbers.
+The headline is end to end (1) over the best ceiling: the highest rate any measured
+configuration reached. A pipeline row above a forward-only ceiling is flagged, since a
+ceiling a full pipeline beats is no ceiling. ``--quick`` runs every cell on few images and
+short windows, to check that the script works, not to measure. Prints a table; ``--json FILE``
+also writes the numbers.
 
 Example:
     python bench/predict.py --images 1000 --json bench/results/predict.json
+    python bench/predict.py --quick
 """
 
 from __future__ import annotations
@@ -174,142 +185,261 @@ class _null:
         return None
 
 
-def main() -> None:
+# Kinds of row. Only measured throughputs of the model count toward the ceilings; "bound" is
+# computed from FLOPs, "wall" is a duration.
+FORWARD, PARALLEL, PIPELINE, E2E, WALL, BOUND = (
+    "forward",
+    "parallel",
+    "pipeline",
+    "end-to-end",
+    "wall",
+    "bound",
+)
+
+
+class Table:
+    """The measured rows: each a list of repeated runs, summarised by median and spread."""
+
+    def __init__(self, repeats: int) -> None:
+        self.repeats = repeats
+        self.rows: list[dict[str, Any]] = []
+
+    def measure(self, what: str, kind: str, run: Any, **extra: Any) -> dict[str, Any]:
+        """Call ``run()`` ``repeats`` times; each call returns one value (img/s or seconds)."""
+        runs = [float(run()) for _ in range(self.repeats)]
+        row = {"what": what, "kind": kind, "runs": runs, **summary(runs), **extra}
+        self.rows.append(row)
+        print(f"  {what}: {row['median']:.2f} ({row['min']:.2f}-{row['max']:.2f})", file=sys.stderr)
+        return row
+
+    def best(self, *kinds: str) -> dict[str, Any] | None:
+        rows = [r for r in self.rows if r["kind"] in kinds]
+        return max(rows, key=lambda r: r["median"]) if rows else None
+
+
+def summary(runs: list[float]) -> dict[str, float]:
+    """Median, min, max and the spread (max - min) relative to the median."""
+    ordered = sorted(runs)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    spread = (ordered[-1] - ordered[0]) / median if median else 0.0
+    return {"median": median, "min": ordered[0], "max": ordered[-1], "spread": spread}
+
+
+def measure_cli(args: argparse.Namespace, table: Table, model: str, paths: list[Path]) -> None:
+    """End to end through the CLI (start-up included), and the peak memory when asked."""
+    listing = "\n".join(str(p) for p in paths[: args.images])
+
+    def many() -> float:
+        s, _, lines, rc = run_cli(["predict", "-", "--json", "--model", model], listing)
+        assert rc == 0 and lines == args.images, (rc, lines)
+        return args.images / s
+
+    table.measure(f"smokerdet predict, {args.images} images", E2E, many)
+    one = str(paths[0])
+    table.measure(
+        "smokerdet predict, 1 image (wall s)",
+        WALL,
+        lambda: run_cli(["predict", one, "--json", "--model", model], "")[0],
+    )
+    if args.memory_images:
+        listing = "\n".join(str(p) for p in paths[: args.memory_images])
+        s, rss, lines, rc = run_cli(["predict", "-", "--json", "--model", model], listing, 0.25)
+        assert rc == 0 and lines == args.memory_images
+        table.rows.append({"what": f"smokerdet predict, {args.memory_images} images, memory",
+                           "kind": WALL, "runs": [s], **summary([s]), "peak_rss_mb": rss})  # fmt: skip
+
+
+def measure_naive(args: argparse.Namespace, table: Table, loaded: Any, paths: list[Path]) -> None:
+    """PIL, transform, one forward per image: warmed up, channels_last like smokerdet on CPU."""
+    model, tta = loaded.model.eval(), loaded.meta.tta == "hflip"
+    model.to(memory_format=torch.channels_last)
+    transform = eval_transform(loaded.meta.data_config)
+    todo = paths[: args.naive_images]
+
+    def loop(files: list[Path]) -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for p in files:
+                x = transform(load_image(p)).unsqueeze(0)
+                x = x.contiguous(memory_format=torch.channels_last)
+                torch.sigmoid(model(x))
+                if tta:
+                    model(torch.flip(x, dims=[3]))
+        return len(files) / (time.perf_counter() - t0)
+
+    loop(todo[:8])  # warm-up: first-call allocations, decoder and kernel selection
+    table.measure("naive loop (PIL, transform, forward; batch 1, channels_last)", PIPELINE,
+                  lambda: loop(todo))  # fmt: skip
+
+
+def measure_in_process(
+    args: argparse.Namespace, table: Table, loaded: Any, paths: list[Path]
+) -> list[torch.Tensor]:
+    """``smokerdet.predict()`` with the model loaded; returns the images' tensors."""
+    import smokerdet
+
+    model = str(loaded.path)
+
+    def run(**kw: Any) -> float:
+        t0 = time.perf_counter()
+        n = sum(1 for _ in smokerdet.predict(paths, model=model, **kw))
+        return n / (time.perf_counter() - t0)
+
+    list(smokerdet.predict(paths[:16], model=model))  # warm-up
+    table.measure(f"smokerdet.predict() in-process, {len(paths)} images", PIPELINE, run)
+    if args.sweep:
+        for bs in (1, 2, 4, 8):
+            for workers in (0, os.cpu_count() or 1):
+                table.measure(f"smokerdet.predict(), batch {bs}, {workers} workers", PIPELINE,
+                              lambda bs=bs, w=workers: run(batch_size=bs, workers=w))  # fmt: skip
+    transform = eval_transform(loaded.meta.data_config)
+    return [transform(load_image(p)) for p in paths]
+
+
+def measure_forward(
+    args: argparse.Namespace, table: Table, loaded: Any, items: list[torch.Tensor]
+) -> None:
+    """The forward pass alone, one process with every core: each cell counts to the ceiling."""
+    from smokerdet.inference import DEFAULT_BATCH_SIZE
+
+    model, tta = loaded.model.eval(), loaded.meta.tta == "hflip"
+    size = loaded.meta.data_config.input_size
+    model.to(memory_format=torch.channels_last)
+    bs = DEFAULT_BATCH_SIZE
+    batches = [torch.stack(items[i : i + bs]).contiguous(memory_format=torch.channels_last)
+               for i in range(0, len(items), bs)]  # fmt: skip
+
+    def same_images() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for b in batches:
+                model(b)
+                if tta:
+                    model(torch.flip(b, dims=[3]))
+        return len(items) / (time.perf_counter() - t0)
+
+    same_images()  # warm-up
+    table.measure(f"forward only, same images, channels_last, batch {bs}", FORWARD, same_images)
+    for fmt in ("contiguous", "channels_last"):
+        layout = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        m = model.to(memory_format=layout)
+        for bs in (1, 8, 32):
+            x = torch.randn(bs, 3, size, size).contiguous(memory_format=layout)
+            table.measure(f"forward only, random input, {fmt}, batch {bs}", FORWARD,
+                          lambda m=m, x=x: forward_rate(m, x, tta, args.seconds))  # fmt: skip
+            if args.bf16 and bs == 32:
+                table.measure(f"forward only, random input, {fmt}, batch 32, bf16", FORWARD,
+                              lambda m=m, x=x: forward_rate(m, x, tta, args.seconds,
+                                                            dtype=torch.bfloat16))  # fmt: skip
+    if args.compile:
+        m = torch.compile(model.to(memory_format=torch.channels_last))
+        x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
+        forward_rate(m, x, tta, 1.0)  # compile outside the timed runs
+        table.measure("forward only, random input, channels_last, batch 32, torch.compile",
+                      FORWARD, lambda: forward_rate(m, x, tta, args.seconds))  # fmt: skip
+
+
+def measure_parallel(args: argparse.Namespace, table: Table, loaded: Any) -> None:
+    """One forked process per core, one thread each: smokerdet's way on a CPU."""
+    model, tta = loaded.model.eval(), loaded.meta.tta == "hflip"
+    size = loaded.meta.data_config.input_size
+    model.to(memory_format=torch.channels_last)
+    cores = os.cpu_count() or 1
+    for bs in (1, 4, 8):
+        table.measure(f"forward only, {cores} processes x 1 thread, batch {bs}", PARALLEL,
+                      lambda bs=bs: parallel_forward_rate(model, size, bs, tta, cores,
+                                                          args.seconds * 1.5))  # fmt: skip
+    gflop = model_gflops(model.to(memory_format=torch.contiguous_format), size) * (2 if tta else 1)
+    table.measure(f"physical limit ({gflop:.2f} GFLOP/img over measured matmul GFLOP/s)", BOUND,
+                  lambda: matmul_gflops(1024 if args.quick else 2048) / gflop)  # fmt: skip
+
+
+def report(args: argparse.Namespace, table: Table, loaded: Any) -> dict[str, Any]:
+    """Print the table and the headline; return the numbers for ``--json``."""
+    one = table.best(FORWARD)
+    par = table.best(PARALLEL)
+    best = table.best(FORWARD, PARALLEL, PIPELINE, E2E)
+    e2e = table.best(E2E)
+    assert one and par and best and e2e
+    print(f"model {loaded.name}: {loaded.meta.arch} at {loaded.meta.data_config.input_size}px, "
+          f"TTA {loaded.meta.tta}, torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} cores, {args.repeats} runs per cell")  # fmt: skip
+    print(f"one-process ceiling: {one['median']:.1f} img/s ({one['what']})")
+    print(f"multi-process ceiling: {par['median']:.1f} img/s ({par['what']})")
+    print(f"best ceiling: {best['median']:.1f} img/s ({best['what']})")
+    for r in table.rows:
+        if r["kind"] == PIPELINE and r["median"] > one["median"]:
+            print(f"note: {r['what']} ({r['median']:.1f} img/s) beats the one-process "
+                  "forward-only ceiling: the forward-only cells do not reach the hardware's "
+                  "best; trust the best ceiling")  # fmt: skip
+    ratio = e2e["median"] / best["median"]
+    lo, hi = e2e["min"] / best["median"], e2e["max"] / best["median"]
+    print(f"headline: end to end {e2e['median']:.1f} img/s = {ratio:.2f}x the best ceiling "
+          f"(runs {lo:.2f}-{hi:.2f}x)")  # fmt: skip
+    print("\n| what | median | min-max | spread | x best |\n|---|---:|---:|---:|---:|")
+    for r in table.rows:
+        unit = "s" if r["kind"] == WALL else " img/s"
+        x = f"{r['median'] / best['median']:.2f}" if r["kind"] not in (WALL, BOUND) else ""
+        rss = f", peak {r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") else ""
+        print(f"| {r['what']}{rss} | {r['median']:.2f}{unit} | {r['min']:.2f}-{r['max']:.2f} "
+              f"| {100 * r['spread']:.0f}% | {x} |")  # fmt: skip
+    return {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__, "model": loaded.name, "arch": loaded.meta.arch,
+        "input_size": loaded.meta.data_config.input_size, "tta": loaded.meta.tta,
+        "repeats": args.repeats, "quick": args.quick,
+        "one_process_ceiling_img_s": one["median"], "parallel_ceiling_img_s": par["median"],
+        "best_ceiling_img_s": best["median"], "best_ceiling_what": best["what"],
+        "headline_e2e_over_best": ratio, "rows": table.rows,
+    }  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model name or path (default: active)")
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--images", type=int, default=1000, help="end-to-end run")
     parser.add_argument("--memory-images", type=int, default=0, help="also a peak-RSS run")
     parser.add_argument("--naive-images", type=int, default=100)
     parser.add_argument("--steady-images", type=int, default=200, help="in-process run")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per cell (at least 3)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="window per forward cell")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument(
-        "--sweep", action="store_true", help="also time predict() at batch 1-8, 0-1 workers"
+        "--sweep", action="store_true", help="also time predict() at batch 1-8, 0-N workers"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="few images, short windows: checks the script runs"
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.naive_images, args.steady_images = 48, 16, 32
+        args.repeats, args.seconds, args.memory_images = 3, 0.5, 0
+    if args.repeats < 3:
+        parser.error("--repeats must be at least 3: a median of fewer runs has no spread")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     loaded = load_model(args.model)
-    model, cfg = loaded.model.eval(), loaded.meta.data_config
-    size = cfg.input_size
-    tta = loaded.meta.tta == "hflip"
-    rows: list[dict] = []
+    table = Table(args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = images_list(args.data, max(args.images, args.memory_images), Path(tmp))
-        model_args = ["--model", str(loaded.path)]
-        listing = "\n".join(str(p) for p in paths[: args.images])
-        s, rss, lines, rc = run_cli(["predict", "-", "--json", *model_args], listing)
-        assert rc == 0 and lines == args.images, (rc, lines)
-        rows.append({"what": f"smokerdet predict, {args.images} images", "img_s": args.images / s})
-        one = str(paths[0])
-        s1, rss1, _, _ = run_cli(["predict", one, "--json", *model_args], "", interval=0.1)
-        rows.append({"what": "smokerdet predict, 1 image (wall s)", "wall_s": s1,
-                     "peak_rss_mb": rss1})  # fmt: skip
-        if args.memory_images:
-            listing = "\n".join(str(p) for p in paths[: args.memory_images])
-            s, rss, lines, rc = run_cli(
-                ["predict", "-", "--json", *model_args], listing, interval=0.25
-            )
-            assert rc == 0 and lines == args.memory_images
-            rows.append({"what": f"smokerdet predict, {args.memory_images} images",
-                         "img_s": args.memory_images / s, "peak_rss_mb": rss})  # fmt: skip
-
-        transform = eval_transform(cfg)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for p in paths[: args.naive_images]:
-                x = transform(load_image(p)).unsqueeze(0)
-                torch.sigmoid(model(x))
-                if tta:
-                    model(torch.flip(x, dims=[3]))
-        rows.append({"what": "naive loop (PIL, transform, forward; batch 1)",
-                     "img_s": args.naive_images / (time.perf_counter() - t0)})  # fmt: skip
-
-    # In-process, model loaded: the pipeline against the forward pass on the same batches.
-    import smokerdet
-    from smokerdet.inference import DEFAULT_BATCH_SIZE
-
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = images_list(args.data, args.steady_images, Path(tmp))
-        list(smokerdet.predict(paths[:16], model=str(loaded.path)))
-        t0 = time.perf_counter()
-        list(smokerdet.predict(paths, model=str(loaded.path)))
-        rows.append({"what": f"smokerdet.predict() in-process, {len(paths)} images",
-                     "img_s": len(paths) / (time.perf_counter() - t0)})  # fmt: skip
-        if args.sweep:
-            for bs in (1, 2, 4, 8):
-                for workers in (0, os.cpu_count() or 1):
-                    t0 = time.perf_counter()
-                    list(smokerdet.predict(paths, model=str(loaded.path), batch_size=bs,
-                                           workers=workers))  # fmt: skip
-                    rows.append({"what": f"smokerdet.predict(), batch {bs}, {workers} workers",
-                                 "img_s": len(paths) / (time.perf_counter() - t0)})  # fmt: skip
-        items = [transform(load_image(p)) for p in paths]
-    model.to(memory_format=torch.channels_last)
-    bs = DEFAULT_BATCH_SIZE
-    batches = [torch.stack(items[i : i + bs]) for i in range(0, len(items), bs)]
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for b in batches:
-            b = b.contiguous(memory_format=torch.channels_last)
-            model(b)
-            if tta:
-                model(torch.flip(b, dims=[3]))
-    rows.append({"what": f"forward only, same images, batch {bs}",
-                 "img_s": len(items) / (time.perf_counter() - t0)})  # fmt: skip
-    # The issue's ceiling: one process, all cores, best of layouts and batch 1 / 32.
-    ceiling = 0.0
-    for fmt in ("contiguous", "channels_last"):
-        fmt_ = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-        m = model.to(memory_format=fmt_)
-        for bs in (1, 8, 32):
-            x = torch.randn(bs, 3, size, size).contiguous(memory_format=fmt_)
-            r = forward_rate(m, x, tta)
-            ceiling = max(ceiling, r) if bs in (1, 32) else ceiling
-            rows.append({"what": f"forward only, random input, {fmt}, batch {bs}", "img_s": r})
-            if args.bf16 and bs == 32:
-                rows.append({"what": f"forward only, random input, {fmt}, batch 32, bf16",
-                             "img_s": forward_rate(m, x, tta, dtype=torch.bfloat16)})  # fmt: skip
-    # What the cores can do when each runs its own copy of the model (smokerdet's CPU path).
-    model.to(memory_format=torch.channels_last)
-    cores = os.cpu_count() or 1
-    parallel = 0.0
-    for bs in (1, 4):
-        r = parallel_forward_rate(model, size, bs, tta, cores)
-        parallel = max(parallel, r)
-        rows.append({"what": f"forward only, {cores} processes x 1 thread, batch {bs}",
-                     "img_s": r})  # fmt: skip
-    if args.compile:
-        m = torch.compile(model.to(memory_format=torch.channels_last))
-        x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
-        rows.append({"what": "forward only, random input, channels_last, batch 32, torch.compile",
-                     "img_s": forward_rate(m, x, tta)})  # fmt: skip
-    gflop = model_gflops(model.to(memory_format=torch.contiguous_format), size) * (2 if tta else 1)
-    peak = matmul_gflops()
-    rows.append({"what": f"physical limit ({gflop:.2f} GFLOP/img at {peak:.0f} GFLOP/s)",
-                 "img_s": peak / gflop})  # fmt: skip
-
-    print(f"model {loaded.name}: {loaded.meta.arch} at {size}px, TTA {loaded.meta.tta}, "
-          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores")  # fmt: skip
-    print(f"ceiling (one process, best of batch 1/32, both layouts): {ceiling:.1f} img/s; "
-          f"parallel ceiling ({cores} processes x 1 thread): {parallel:.1f} img/s")  # fmt: skip
-    print(f"{'what':<62} {'img/s':>8} {'x ceil':>7} {'x par':>6} {'peak mem':>9}")
-    for r in rows:
-        rate = f"{r['img_s']:.1f}" if "img_s" in r else f"{r['wall_s']:.2f}s"
-        ratio = f"{r['img_s'] / ceiling:.2f}" if "img_s" in r else ""
-        ratio_p = f"{r['img_s'] / parallel:.2f}" if "img_s" in r else ""
-        rss = f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") else ""
-        print(f"{r['what']:<62} {rate:>8} {ratio:>7} {ratio_p:>6} {rss:>9}")
+        n = max(args.images, args.memory_images, args.naive_images, args.steady_images)
+        paths = images_list(args.data, n, Path(tmp))
+        measure_cli(args, table, str(loaded.path), paths)
+        measure_naive(args, table, loaded, paths)
+        items = measure_in_process(args, table, loaded, paths[: args.steady_images])
+    measure_forward(args, table, loaded, items)
+    measure_parallel(args, table, loaded)
+    result = report(args, table, loaded)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "torch": torch.__version__, "model": loaded.name, "arch": loaded.meta.arch,
-            "input_size": size, "tta": loaded.meta.tta, "ceiling_img_s": ceiling,
-            "parallel_ceiling_img_s": parallel, "rows": rows,
-        }, indent=2))  # fmt: skip
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ COMMANDS = [
     "train",
     "eval",
     "predict",
+    "serve",
 ]
 
 

@@ -25,9 +25,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from smokerdet.data import SPLITS
+from smokerdet.data import MAX_IMAGE_PIXELS, SPLITS
 from smokerdet.errors import ConfigError, SmokerdetError
-from smokerdet.inference import DEFAULT_BATCH_SIZE
 from smokerdet.model import DEFAULT_ARCH, MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -60,10 +59,13 @@ def field_help(cls: type) -> dict[str, str]:
     return found
 
 
+BACKENDS = ("auto", "onnx", "torch")
+
+
 def _check_common(
-    *, batch_size: int, workers: int | None, device: str, threshold: float | None = None
+    *, batch_size: int | None, workers: int | None, device: str, threshold: float | None = None
 ) -> None:
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}")
@@ -191,19 +193,26 @@ class ScoringConfig:
     """Options shared by the commands that score images with a trained model."""
 
     model: str | None = None
-    """Model name, folder, 'latest' or 'default'. Default: the latest trained model, else the
-    model shipped with smokerdet."""
+    """Model name, folder, .onnx file, 'latest' or 'default'. Default: the model chosen with
+    `smokerdet models default`, else the model shipped with smokerdet."""
     threshold: float | None = None
     """Probability from which a photo is 'smoking'. Default: the model's."""
-    batch_size: int = DEFAULT_BATCH_SIZE
-    """Images per batch."""
+    batch_size: int | None = None
+    """Images per batch. Default: 1 through ONNX Runtime, 4 through torch."""
     workers: int | None = None
     """Worker processes. On a CPU each decodes and scores its own batches (one per core, at
     most 4, by default; 0: all in this process); on a GPU they decode."""
     device: str = "auto"
     """Where to run."""
+    backend: str = "auto"
+    """How to run the model: auto (ONNX Runtime when the model has an ONNX file and runs on
+    the CPU, else torch), onnx or torch."""
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"
+            )
         _check_common(
             batch_size=self.batch_size,
             workers=self.workers,
@@ -235,3 +244,57 @@ class PredictConfig(ScoringConfig):
 
     recursive: bool = True
     """Walk folders recursively."""
+
+
+@dataclass
+class ServeConfig:
+    """Options of ``smokerdet serve``; each check names the flag to change."""
+
+    model: str | None = None
+    """Model name, folder or ``.onnx`` file; default: the chosen default, else the shipped one."""
+    host: str = "127.0.0.1"
+    """Address to listen on. Anything but loopback should come with --token."""
+    port: int = 8000
+    """TCP port (0: any free port, printed at start)."""
+    token: str | None = None
+    """Require 'Authorization: Bearer TOKEN' on every API call (or set SMOKERDET_TOKEN)."""
+    collect: Path | None = None
+    """Save reviewed photos into DIR/smoking/ and DIR/not_smoking/ (for train --data DIR)."""
+    max_body_mb: float = 20.0
+    """Largest request body, in MiB."""
+    max_files: int = 16
+    """Most images in one request."""
+    max_pixels: int = MAX_IMAGE_PIXELS
+    """Largest image, in pixels (width x height)."""
+    threads: int = 2
+    """Inferences run at once, each in a worker thread."""
+    device: str = "auto"
+    """Where to run the model: auto, cpu, cuda or mps."""
+
+    def __post_init__(self) -> None:
+        if self.collect is not None:
+            self.collect = Path(self.collect)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("--token must not be empty")
+        if not self.max_body_mb > 0:
+            raise ConfigError(f"--max-body-mb must be positive, got {self.max_body_mb}")
+        if self.max_files < 1:
+            raise ConfigError(f"--max-files must be at least 1, got {self.max_files}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.collect is not None and self.collect.exists() and not self.collect.is_dir():
+            raise ConfigError(f"--collect {self.collect} exists and is not a folder")
+
+    def check(self) -> None:
+        """Check again (fields may have been changed after construction)."""
+        self.__post_init__()
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)

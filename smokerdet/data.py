@@ -383,59 +383,24 @@ def _to_rgb(im: Any) -> Any:
 
 
 def load_image(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | bytes,
     *,
     max_pixels: int = MAX_IMAGE_PIXELS,
     draft_size: int | None = None,
 ) -> Any:
     """Open an image as an upright RGB ``PIL.Image``, or raise :class:`ImageLoadError`.
 
-    Applies the EXIF orientation, converts every mode (L, P, LA, RGBA, CMYK, 16-bit) to RGB,
-    takes the first frame of an animation, and refuses images over ``max_pixels`` before
-    decoding them.
-
-    Args:
-        path: the image file.
-        max_pixels: largest width x height accepted (decompression-bomb guard).
-        draft_size: when set, a large JPEG is decoded at reduced scale, but never below this
-            many pixels on its short side. It speeds up big photos that are shrunk anyway.
+    The work is done by :func:`smokerdet.images.load_image` (torch-free, also takes bytes):
+    EXIF orientation, every mode converted to RGB, first frame of an animation, images over
+    ``max_pixels`` refused before decoding, a zero-byte file reported as "empty file".
 
     Example:
         >>> load_image("examples/smoking_0001.jpg").mode  # doctest: +SKIP
         'RGB'
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from smokerdet import images
 
-    p = Path(path)
-    if p.is_dir():
-        raise ImageLoadError(p, "is a directory")
-    try:
-        with Image.open(p) as im:
-            width, height = im.size
-            if width < 1 or height < 1:
-                raise ImageLoadError(p, f"empty image ({width}x{height})")
-            if width * height > max_pixels:
-                raise ImageLoadError(
-                    p, f"too large: {width}x{height} pixels (limit {max_pixels:,} pixels)"
-                )
-            if draft_size and im.format == "JPEG":
-                im.draft("RGB", (draft_size, draft_size))
-            im.load()
-            upright = ImageOps.exif_transpose(im)
-            return _to_rgb(upright if upright is not None else im)
-    except ImageLoadError:
-        raise
-    except FileNotFoundError:
-        raise ImageLoadError(p, "no such file") from None
-    except PermissionError:
-        raise ImageLoadError(p, "permission denied") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(p, "not an image (unknown or corrupt format)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(p, f"too large: {e}") from None
-    except Exception as e:  # the decoders raise many types on hostile bytes; all mean "bad file"
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
-        raise ImageLoadError(p, f"corrupt or truncated image ({reason})") from None
+    return images.load_image(path, max_pixels=max_pixels, draft_size=draft_size)
 
 
 # ---------------------------------------------------------------------------------------------

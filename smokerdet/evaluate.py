@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from smokerdet import distributed
-from smokerdet.checkpoint import load_model
 from smokerdet.config import EvalConfig
 from smokerdet.data import find_dataset, resolve_data_root
+from smokerdet.engine import open_engine
 from smokerdet.errors import DatasetLayoutError
-from smokerdet.inference import score_files
+from smokerdet.inference import score_paths
 from smokerdet.metrics import BinaryMetrics, binary_metrics
-from smokerdet.model import pick_device
 from smokerdet.shard import bounds
 
 
@@ -71,9 +70,8 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
         cfg = EvalConfig(**overrides)
     elif overrides:
         cfg = EvalConfig(**{**cfg.__dict__, **overrides})
-    device = pick_device(cfg.device)
     data_root = resolve_data_root(cfg.data)
-    splits = find_dataset(data_root, seed=cfg.seed)
+    splits = find_dataset(data_root, seed=cfg.seed, need_val=False)
     samples = splits.get(cfg.split)
     if not samples:
         counts = {k: sum(v.values()) for k, v in splits.counts().items()}
@@ -81,8 +79,8 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
             f"the {cfg.split} split of {splits.root} is empty (images per split: {counts})",
             hint="choose another --split",
         )
-    loaded = load_model(cfg.model, device=device)
-    threshold = loaded.meta.threshold if cfg.threshold is None else cfg.threshold
+    engine = open_engine(cfg.model, backend=cfg.backend, device=cfg.device)
+    threshold = engine.meta.threshold if cfg.threshold is None else cfg.threshold
     probabilities: list[tuple[str, int, float]] = []
     skipped: list[tuple[str, str]] = []
     world = distributed.current()
@@ -90,7 +88,7 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
     mine = samples[start:stop]
     paths = [s.path for s in mine]
     for scored, sample in zip(
-        score_files(loaded, paths, batch_size=cfg.batch_size, workers=cfg.workers, device=device),
+        score_paths(engine, paths, batch_size=cfg.batch_size, workers=cfg.workers),
         mine,
         strict=True,
     ):
@@ -110,8 +108,8 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
         [y for _, y, _ in probabilities], [p for _, _, p in probabilities], threshold
     )
     return EvalReport(
-        model=loaded.name,
-        model_path=loaded.path,
+        model=engine.name,
+        model_path=engine.path,
         data=splits.root,
         split=cfg.split,
         threshold=threshold,

@@ -13,17 +13,17 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from smokerdet import distributed
-from smokerdet.checkpoint import LoadedModel, load_model
 from smokerdet.data import CLASS_NAMES, is_image_file
+from smokerdet.engine import Engine, open_engine
 from smokerdet.errors import ConfigError
-from smokerdet.inference import DEFAULT_BATCH_SIZE, score_files
-from smokerdet.model import pick_device
+from smokerdet.inference import score_paths
 from smokerdet.shard import (
     PartHeader,
     ResultsWriter,
@@ -49,9 +49,16 @@ class Prediction:
     threshold: float
     model: str
     error: str | None = None
+    heatmap: str | None = None
+    """The heatmap overlay PNG written for this image (only with ``heatmaps=``)."""
+    heatmaps_asked: bool = field(default=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row as a dict; ``heatmap`` is in it only when heatmaps were asked for."""
+        d = asdict(self)
+        if not d.pop("heatmaps_asked"):
+            d.pop("heatmap")
+        return d
 
 
 @dataclass
@@ -142,73 +149,106 @@ def expand_inputs(
     return out
 
 
+def check_heatmap_dir(heatmaps: str | os.PathLike[str]) -> Path:
+    """The ``--heatmaps`` folder, checked writable before any image is read."""
+    folder = Path(heatmaps).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--heatmaps {folder}: no such folder", hint="create it first, or pick another"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".smokerdet-", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"--heatmaps {folder} is not writable ({e.strerror or e})",
+            hint="pick a folder you can write to",
+        ) from None
+    return folder
+
+
 def predict(
     inputs: Iterable[str | os.PathLike[str]] | Inputs,
     *,
     model: str | os.PathLike[str] | None = None,
     threshold: float | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
     recursive: bool = True,
+    backend: str = "auto",
+    heatmaps: str | os.PathLike[str] | None = None,
 ) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` for every image in ``inputs``, in input order.
 
-    Images stream through a DataLoader in batches, so memory stays bounded however many paths
-    are given. A file that can't be read yields a Prediction with ``error`` set; nothing stops
-    the run.
+    Images stream in batches, so memory stays bounded however many paths are given. A file
+    that can't be read yields a Prediction with ``error`` set; nothing stops the run. With an
+    ONNX model (the shipped one, or any model exported by ``smokerdet export``) on the CPU,
+    neither torch nor timm is imported.
 
     Args:
         inputs: files, folders, glob patterns, ``-`` for stdin, or :func:`expand_inputs` output.
-        model: a model name, path, ``latest`` or ``default``; by default the latest trained
-            model, else the one shipped in the package.
+        model: a model name, folder, ``.onnx`` file, ``latest`` or ``default``; by default the
+            latest trained model, else the one shipped in the package.
         threshold: probability from which an image is labelled smoking; defaults to the
             threshold stored in the model (chosen on validation data).
-        batch_size: images per forward pass.
-        workers: worker processes; on a CPU each decodes and scores its own batches with one
-            thread (default: one per core, at most 4; 0 scores in this process).
-        device: auto, cpu, cuda or mps.
+        batch_size: images per forward pass (default: 8 with ONNX, 4 with torch).
+        workers: with ONNX, decoding threads (default: one per core, at most 4); with torch on
+            a CPU, worker processes that decode and score (0 scores in this process).
+        device: auto, cpu, cuda or mps; ONNX runs on the CPU, a GPU means torch.
         recursive: walk folders recursively.
+        backend: auto (ONNX when the model has an ONNX file), onnx or torch.
+        heatmaps: a folder to write one heatmap overlay PNG per photo into; each
+            Prediction's ``heatmap`` names its file.
 
     Raises:
         ModelNotFoundError, CheckpointError: no usable model (before any image is read).
-        ConfigError: an option is out of range.
+        ConfigError: an option is out of range, or ``heatmaps`` is not a writable folder.
     """
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    heat_dir = check_heatmap_dir(heatmaps) if heatmaps is not None else None
     expanded = inputs if isinstance(inputs, Inputs) else expand_inputs(inputs, recursive=recursive)
     for warning in expanded.warnings:
         log.warning(warning)
-    dev = pick_device(device)
-    loaded = load_model(model, device=dev)
-    cut = loaded.meta.threshold if threshold is None else threshold
-    names = loaded.meta.class_names or list(CLASS_NAMES)
-    return _generate(expanded, loaded, cut, names, batch_size, workers, dev)
+    engine = open_engine(model, backend=backend, device=device)
+    if heat_dir is not None and engine.backend == "onnx" and engine.head is None:  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"--heatmaps: {engine.path} has no linear head for CAM heatmaps",
+            hint="use --backend torch for heatmaps with this model (Grad-CAM)",
+        )
+    cut = engine.meta.threshold if threshold is None else threshold
+    names = engine.meta.class_names or list(CLASS_NAMES)
+    return _generate(expanded, engine, cut, names, batch_size, workers, heat_dir)
 
 
 def _generate(
     expanded: Inputs,
-    loaded: LoadedModel,
+    engine: Engine,
     cut: float,
     names: list[str],
-    batch_size: int,
+    batch_size: int | None,
     workers: int | None,
-    device: str,
+    heat_dir: Path | None,
 ) -> Iterator[Prediction]:
     readable = [Path(p) for p, err in expanded.items if err is None]
-    scores = score_files(loaded, readable, batch_size=batch_size, workers=workers, device=device)
+    scores = score_paths(
+        engine, readable, batch_size=batch_size, workers=workers, heatmaps=heat_dir
+    )
+    asked = heat_dir is not None
     for path, error in expanded.items:
         if error is not None:
-            yield Prediction(path, None, None, cut, loaded.name, error)
+            yield Prediction(path, None, None, cut, engine.name, error, None, asked)
             continue
         scored = next(scores)
         if scored.probability is None:
-            yield Prediction(path, None, None, cut, loaded.name, scored.error)
+            yield Prediction(path, None, None, cut, engine.name, scored.error, None, asked)
         else:
             label = names[1] if scored.probability >= cut else names[0]
-            yield Prediction(path, label, scored.probability, cut, loaded.name, None)
+            heat = str(scored.heatmap) if scored.heatmap is not None else None
+            yield Prediction(path, label, scored.probability, cut, engine.name, None, heat, asked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,11 +282,17 @@ def json_line(p: Prediction) -> str:
     return json.dumps(p.to_dict(), ensure_ascii=True) + "\n"
 
 
-def model_fingerprint(loaded: LoadedModel, threshold: float) -> dict[str, Any]:
-    """What identifies the scoring of a results file: the model's name, weights and cut."""
+#: Rows appended per write when the batch size is the engine's own.
+FLUSH_ROWS = 16
+
+
+def model_fingerprint(engine: Engine, threshold: float) -> dict[str, Any]:
+    """What identifies the scoring of a results file: the model's name and weights, the
+    backend (ONNX and torch agree closely, not bit for bit) and the threshold."""
     return {
-        "name": loaded.name,
-        "weights_sha256": loaded.meta.weights_sha256,
+        "name": engine.name,
+        "weights_sha256": engine.meta.weights_sha256,
+        "backend": engine.backend,
         "threshold": threshold,
     }
 
@@ -259,9 +305,10 @@ def predict_shard(
     resume: bool = False,
     model: str | os.PathLike[str] | None = None,
     threshold: float | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
+    backend: str = "auto",
 ) -> ShardRun:
     """Predict one shard of ``expanded``, spread over the torchrun ranks, into a results file.
 
@@ -288,20 +335,19 @@ def predict_shard(
         raise ConfigError("--resume needs --output FILE: the file to continue")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     shard = shard or Shard()
-    dev = pick_device(device)
-    loaded = load_model(model, device=dev)
-    cut = loaded.meta.threshold if threshold is None else threshold
-    names = loaded.meta.class_names or list(CLASS_NAMES)
+    engine = open_engine(model, backend=backend, device=device)
+    cut = engine.meta.threshold if threshold is None else threshold
+    names = engine.meta.class_names or list(CLASS_NAMES)
     start, stop = bounds(len(expanded), shard.index, shard.count)
     mine = expanded.items[start:stop]
     writer: ResultsWriter | None = None
     done = failed = 0
     if output is not None:
         all_paths = [p for p, _ in expanded.items]
-        header = PartHeader.create(all_paths, shard, model_fingerprint(loaded, cut))
+        header = PartHeader.create(all_paths, shard, model_fingerprint(engine, cut))
         opened: list[ResultsWriter] = []
 
         def _open() -> tuple[int, int]:
@@ -314,14 +360,14 @@ def predict_shard(
     todo = Inputs(items=mine[done:])
 
     def score(part: Inputs) -> Iterator[Prediction]:
-        return _generate(part, loaded, cut, names, batch_size, workers, dev)
+        return _generate(part, engine, cut, names, batch_size, workers, None)
 
     if world.distributed:
         # Small runs still use every rank: blocks of at most SHARD_BLOCK, one round at least.
         block = max(1, min(SHARD_BLOCK, -(-len(todo) // world.size)))
         rows, every = _in_turns(todo, score, world, block), block * world.size
     else:
-        rows, every = score(todo), batch_size
+        rows, every = score(todo), batch_size or FLUSH_ROWS
     return ShardRun(_written(rows, writer, every), total=len(mine), done=done, failed_before=failed)
 
 

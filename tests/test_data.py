@@ -159,7 +159,7 @@ def test_exif_orientation_is_applied(tmp_path):
 @pytest.mark.parametrize(
     "content, reason",
     [
-        (b"", "not an image"),
+        (b"", "empty file"),
         (b"<html><body>not a photo</body></html>", "not an image"),
         (os.urandom(2048), "not an image"),
     ],

@@ -83,13 +83,14 @@ def _root(
 
 
 def _register() -> None:
-    from smokerdet.cli import download, eval, info, predict, train
+    from smokerdet.cli import download, eval, info, predict, serve, train
 
     app.command("info")(info.info)
     app.add_typer(download.app, name="download")
     app.command("train")(train.train)
     app.command("eval")(eval.eval_)
     app.command("predict")(predict.predict)
+    app.command("serve")(serve.serve)
 
 
 _register()

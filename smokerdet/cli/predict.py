@@ -241,6 +241,7 @@ def _scaled(
             batch_size=cfg.batch_size,
             workers=cfg.workers,
             device=cfg.device,
+            backend=cfg.backend,
         )
         labelled, failed = run.done - run.failed_before, run.failed_before
         if not main:

@@ -1,0 +1,302 @@
+#!/usr/bin/env python
+"""Mutation check: break the code on purpose, one small change at a time, and see a test fail.
+
+Each mutation is a textual search/replace in one file. For each, the project (``smokerdet/``,
+``tests/``, ``examples/``, ``pyproject.toml``) is copied to a temp dir, the change is applied
+there (the working tree is never touched), and the mutation's tests run against the copy
+(``pytest -x -q`` with ``PYTHONPATH`` on the copy). A mutation is *caught* when a test fails;
+it *survives* when they all pass. The old text must occur exactly once in the file: when the
+code it targets has moved or changed, the mutation is reported *stale*, to be updated.
+
+First the tests of all selected mutations run once on the unmutated copy (the baseline): a
+test that already fails proves nothing about a mutation.
+
+Exit status: 0 when every mutation is caught, 1 otherwise (survived, stale, or a broken run).
+
+To add a mutation, append a ``Mutation`` to ``MUTATIONS``: an id, the file, the old and new
+text, the tests to run (files or node ids), and the guarantee it proves the tests hold.
+
+Example:
+    python bench/mutate.py                    # all mutations
+    python bench/mutate.py --only f1-mean-of-p-and-r --only range-ignored
+    python bench/mutate.py --list
+    python bench/mutate.py --json bench/results/mutate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIED = ("smokerdet", "tests", "examples", "pyproject.toml")
+
+# Where the code under each mutation lives: one place to update when a module moves.
+METRICS = "smokerdet/metrics.py"
+IMAGE_LOADER = "smokerdet/data.py"  # data.load_image
+PREDICT = "smokerdet/predict.py"  # predict._generate
+ARCHIVES = "smokerdet/archives.py"  # archives._check_member
+HTTP = "smokerdet/fetch.py"  # fetch._fetch_once
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One small breaking change, and the tests that must notice it.
+
+    Attributes:
+        id: short, unique, kebab-case.
+        file: path relative to the project root.
+        old: text that must occur exactly once in ``file``.
+        new: what replaces it.
+        tests: pytest files or node ids, relative to the project root.
+        proves: the guarantee (in docs/reliability.md) the tests hold the code to.
+    """
+
+    id: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    proves: str
+
+
+MUTATIONS: list[Mutation] = [
+    Mutation(
+        id="f1-mean-of-p-and-r",
+        file=METRICS,
+        old="f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0",
+        new="f1 = (precision + recall) / 2",
+        tests=("tests/test_metrics.py",),
+        proves="F1 is the harmonic mean of precision and recall",
+    ),
+    Mutation(
+        id="precision-recall-swapped",
+        file=METRICS,
+        old="precision=precision,\n        recall=recall,",
+        new="precision=recall,\n        recall=precision,",
+        tests=("tests/test_metrics.py",),
+        proves="precision is tp/(tp+fp) and recall tp/(tp+fn), not the other way round",
+    ),
+    Mutation(
+        id="roc-auc-ignores-ties",
+        file=METRICS,
+        old="ranks[order[k]] = (i + j) / 2 + 1",
+        new="ranks[order[k]] = k + 1",
+        tests=("tests/test_metrics.py",),
+        proves="ROC-AUC counts a tied (positive, negative) pair as one half",
+    ),
+    Mutation(
+        id="pixel-cap-removed",
+        file=IMAGE_LOADER,
+        old="if width * height > max_pixels:",
+        new="if False:",
+        tests=(
+            "tests/test_hostile.py::test_bomb_is_rejected_fast",
+            "tests/test_data.py::test_pixel_limit_rejects_before_decoding",
+        ),
+        proves="a decompression bomb is refused from its header, before any pixel is decoded",
+    ),
+    Mutation(
+        id="exif-transpose-removed",
+        file=IMAGE_LOADER,
+        old="upright = ImageOps.exif_transpose(im)",
+        new="upright = None",
+        tests=("tests/test_data.py::test_exif_orientation_is_applied",),
+        proves="images are scored upright, as their EXIF orientation says",
+    ),
+    Mutation(
+        id="decoder-errors-escape",
+        file=IMAGE_LOADER,
+        old="except Exception as e:  # the decoders raise many types",
+        new="except ImportError as e:  # the decoders raise many types",
+        tests=("tests/test_fuzz.py::test_loader_property_random_and_mutated_bytes",),
+        proves="hostile bytes give an RGB image or ImageLoadError, nothing else",
+    ),
+    Mutation(
+        id="predict-drops-unreadable-row",
+        file=PREDICT,
+        old="yield Prediction(path, None, None, cut, loaded.name, scored.error)",
+        new="continue",
+        tests=("tests/test_hostile.py::test_predict_survives_the_corpus_and_escapes_names",),
+        proves="every unreadable file becomes one error row: one output line per input path",
+    ),
+    Mutation(
+        id="predict-drops-missing-path-row",
+        file=PREDICT,
+        old="yield Prediction(path, None, None, cut, loaded.name, error)\n            continue",
+        new="continue",
+        tests=("tests/test_predict.py::test_missing_path_and_corrupt_file_in_a_batch_exit_3",),
+        proves="a path that does not exist becomes an error row, not a silent gap",
+    ),
+    Mutation(
+        id="archive-accepts-dotdot",
+        file=ARCHIVES,
+        old='if ".." in pure.parts:',
+        new="if False:",
+        tests=("tests/test_download.py::test_hostile_zips_write_nothing_at_all",),
+        proves="an archive member with '..' in its path (zip-slip) is refused",
+    ),
+    Mutation(
+        id="range-ignored",
+        file=HTTP,
+        old='req.add_header("Range", f"bytes={have}-")',
+        new="pass",
+        tests=("tests/test_download.py::test_dropped_connection_resumes_with_range",),
+        proves="an interrupted download resumes with an HTTP Range request",
+    ),
+]
+
+
+@dataclass
+class Outcome:
+    id: str
+    status: str  # caught, survived, stale, broken
+    seconds: float
+    detail: str
+
+
+def copy_project(dest: Path) -> None:
+    """Copy what the tests need, without caches, into ``dest``."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore, symlinks=True)
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def run_pytest(copy: Path, tests: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        return subprocess.run(
+            cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return subprocess.CompletedProcess(cmd, -9, out + f"\ntimed out after {timeout:.0f}s", "")
+
+
+def first_failure(output: str) -> str:
+    """The first ``FAILED``/``ERROR`` line of pytest's summary, or its last line."""
+    lines = output.strip().splitlines()
+    for line in lines:
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line[:160]
+    return lines[-1][:160] if lines else ""
+
+
+def check_import_path(copy: Path) -> None:
+    """The copy's package must be the one imported, or every mutation would 'survive'."""
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    got = subprocess.run(
+        [sys.executable, "-c", "import smokerdet; print(smokerdet.__file__)"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not got.startswith(str(copy)):
+        sys.exit(f"mutate: the copy's smokerdet is not the one imported (got {got!r})")
+
+
+def apply(m: Mutation, copy: Path) -> str | None:
+    """Apply ``m`` in ``copy``; return why it cannot be applied, or None."""
+    target = copy / m.file
+    if not target.is_file():
+        return f"{m.file} does not exist"
+    text = target.read_text(encoding="utf-8")
+    n = text.count(m.old)
+    if n != 1:
+        return f"old text found {n} times in {m.file} (expected once)"
+    target.write_text(text.replace(m.old, m.new), encoding="utf-8")
+    return None
+
+
+def run_one(m: Mutation, timeout: float) -> Outcome:
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"mutate-{m.id}-") as tmp:
+        copy = Path(tmp)
+        copy_project(copy)
+        why = apply(m, copy)
+        if why:
+            return Outcome(m.id, "stale", 0.0, why)
+        done = run_pytest(copy, list(m.tests), timeout)
+    seconds = time.perf_counter() - t0
+    detail = first_failure(done.stdout + done.stderr)
+    if done.returncode == 0:
+        return Outcome(m.id, "survived", seconds, "all tests passed")
+    if done.returncode == 1:  # pytest: tests ran and some failed
+        return Outcome(m.id, "caught", seconds, detail)
+    # 2-5: interrupted, internal error, usage error, no tests collected; -9: timed out
+    return Outcome(m.id, "broken", seconds, f"pytest exit {done.returncode}: {detail}")
+
+
+def baseline(selected: list[Mutation], timeout: float) -> None:
+    tests = sorted({t for m in selected for t in m.tests})
+    with tempfile.TemporaryDirectory(prefix="mutate-baseline-") as tmp:
+        copy = Path(tmp)
+        copy_project(copy)
+        check_import_path(copy)
+        done = run_pytest(copy, tests, timeout * 2)
+    if done.returncode != 0:
+        sys.exit(
+            "mutate: the tests fail without any mutation, so they prove nothing:\n"
+            + first_failure(done.stdout + done.stderr)
+        )
+    print(f"baseline: {len(tests)} test targets pass unmutated", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[], help="mutation id (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per mutation")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    ids = [m.id for m in MUTATIONS]
+    if len(set(ids)) != len(ids):
+        sys.exit("mutate: duplicate mutation ids")
+    unknown = set(args.only) - set(ids)
+    if unknown:
+        sys.exit(f"mutate: unknown --only {sorted(unknown)}; known: {', '.join(ids)}")
+    selected = [m for m in MUTATIONS if not args.only or m.id in args.only]
+    if args.list:
+        for m in selected:
+            print(f"{m.id:<32} {m.file:<26} {m.proves}")
+        return
+    if not args.no_baseline:
+        baseline(selected, args.timeout)
+
+    outcomes = []
+    for m in selected:
+        o = run_one(m, args.timeout)
+        print(f"{o.id:<32} {o.status:<9} {o.seconds:6.1f}s  {o.detail}", file=sys.stderr)
+        outcomes.append(o)
+
+    print("| mutation | file | guarantee | result | first failing test |")
+    print("|---|---|---|---|---|")
+    for m, o in zip(selected, outcomes, strict=True):
+        print(f"| `{m.id}` | `{m.file}` | {m.proves} | {o.status} | {o.detail} |")
+    bad = [o for o in outcomes if o.status != "caught"]
+    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} mutations caught", file=sys.stderr)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{**asdict(m), **asdict(o)} for m, o in zip(selected, outcomes, strict=True)]
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

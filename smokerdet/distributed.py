@@ -185,6 +185,18 @@ def quiet_unless_main() -> bool:
     return main
 
 
+def threads_per_rank() -> int | None:
+    """This machine's cores shared among its ranks (None for one process: the default).
+
+    So that N ranks on one machine do not each start a thread per core.
+    """
+    world = current()
+    if not world.distributed:
+        return None
+    local = _env_int("LOCAL_WORLD_SIZE", world.size)
+    return max(1, (os.cpu_count() or 1) // max(1, local))
+
+
 # ---------------------------------------------------------------------------------------------
 # Collectives (no-ops for one process)
 
@@ -284,5 +296,6 @@ __all__ = [
     "on_main",
     "quiet_unless_main",
     "session",
+    "threads_per_rank",
     "world_from_env",
 ]

@@ -79,7 +79,8 @@ def evaluate(cfg: EvalConfig | None = None, **overrides: Any) -> EvalReport:
             f"the {cfg.split} split of {splits.root} is empty (images per split: {counts})",
             hint="choose another --split",
         )
-    engine = open_engine(cfg.model, backend=cfg.backend, device=cfg.device)
+    threads = distributed.threads_per_rank()
+    engine = open_engine(cfg.model, backend=cfg.backend, device=cfg.device, threads=threads)
     threshold = engine.meta.threshold if cfg.threshold is None else cfg.threshold
     probabilities: list[tuple[str, int, float]] = []
     skipped: list[tuple[str, str]] = []

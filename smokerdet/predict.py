@@ -338,7 +338,9 @@ def predict_shard(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     shard = shard or Shard()
-    engine = open_engine(model, backend=backend, device=device)
+    engine = open_engine(
+        model, backend=backend, device=device, threads=distributed.threads_per_rank()
+    )
     cut = engine.meta.threshold if threshold is None else threshold
     names = engine.meta.class_names or list(CLASS_NAMES)
     start, stop = bounds(len(expanded), shard.index, shard.count)

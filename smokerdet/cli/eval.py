@@ -58,7 +58,8 @@ def eval_(
         device=device.value,
         seed=seed,
     )
+    main_rank = distributed.quiet_unless_main()
     with distributed.session("cpu"):  # under torchrun, ranks share the split (gloo)
         report = evaluate(cfg)
-    if distributed.quiet_unless_main():
+    if main_rank:
         print_json(report.to_dict()) if json_out else render_eval(report)

@@ -4,7 +4,7 @@
 Three measurements, each a real command run a few times (median and spread):
 
 - predict: images per second of ``smokerdet predict DIR --json`` with one process and with
-  ``torchrun --nproc_per_node 2``, each process on one core (``--workers 0``). Start-up is
+  ``torchrun --nproc_per_node 2`` (the ranks share the cores: one engine thread each). Start-up is
   taken out by timing a small run too: throughput = (N - n) / (t_N - t_n).
 - gather: what collecting rows on rank 0 in input order costs, per row, with 2 gloo processes.
 - train: the time of one optimisation step of ``smokerdet train`` with 1 and 2 gloo
@@ -66,7 +66,7 @@ def bench_predict(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> d
     for label, nproc in (("1 process", None), ("2 processes (torchrun)", 2)):
         rates = []
         for _ in range(args.repeats):
-            cmd = ["predict", "--json", "--workers", "0", "--model", args.model]
+            cmd = ["predict", "--json", "--model", args.model]
             t_big = smokerdet([*cmd, str(big)], nproc, env)
             t_small = smokerdet([*cmd, str(small)], nproc, env)
             rates.append((args.images - 16) / max(1e-9, t_big - t_small))

@@ -414,13 +414,15 @@ def _written(
         writer.close()
 
 
-def merge_results(parts: Sequence[str | os.PathLike[str]]) -> Iterator[Prediction]:
-    """The predictions in results-file parts of one run (``--shard``), in input order.
+def merge_results(parts: Sequence[str | os.PathLike[str]]) -> tuple[int, Iterator[Prediction]]:
+    """The number of predictions in results-file parts of one run (``--shard``), and the
+    predictions, streamed in input order.
 
     Raises:
         ConfigError: no parts.
         PartError: parts of different inputs or models, missing or repeated shards, or an
             incomplete part.
     """
-    for line in merge_parts([Path(p) for p in parts]):
-        yield Prediction(**json.loads(line))
+    merged = merge_parts([Path(p) for p in parts])
+    rows = (json.loads(line) for line in merged)
+    return merged.total, (Prediction(**r, heatmaps_asked="heatmap" in r) for r in rows)

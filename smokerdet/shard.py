@@ -143,20 +143,42 @@ class PartHeader:
             ) from None
 
 
-def _read_lines(path: Path) -> tuple[list[str], int]:
-    """The complete lines of ``path`` and the byte length they cover (a torn tail excluded)."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1  # 0 when no line is complete
-    text = data[:end].decode("utf-8", errors="strict")
-    return text.splitlines(keepends=True), end
+def _complete_lines(path: Path) -> Iterator[str]:
+    """The complete lines of ``path``, streamed (a torn last line is left out).
+
+    Raises:
+        OSError, UnicodeDecodeError: the file cannot be read.
+    """
+    with path.open("rb") as f:
+        for raw in f:  # splits on b"\n" only
+            if not raw.endswith(b"\n"):
+                return
+            yield raw.decode("utf-8")
 
 
-def _row_path(line: str, where: Path, number: int) -> str:
+def _row(line: str, where: Path, number: int) -> dict[str, Any]:
     try:
         row = json.loads(line)
-        return str(row["path"])
+        str(row["path"])
+        return row
     except (ValueError, TypeError, KeyError):
         raise PartError(f"{where}, line {number}: not a result row") from None
+
+
+def _scan(path: Path, flag: str) -> tuple[PartHeader, int]:
+    """A part's header and how many complete rows follow it, checking each row."""
+    try:
+        lines = _complete_lines(path)
+        first = next(lines, None)
+        if first is None:
+            raise PartError(f"{path} is empty or holds only a torn line")
+        header = PartHeader.parse(first, path)
+        n = 0
+        for n, line in enumerate(lines, start=1):
+            _row(line, path, n + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise PartError(f"{flag}: cannot read {path}: {e}") from None
+    return header, n
 
 
 def read_part(path: Path) -> tuple[PartHeader, list[str]]:
@@ -165,21 +187,29 @@ def read_part(path: Path) -> tuple[PartHeader, list[str]]:
     Raises:
         PartError: unreadable, no header, or a damaged row before the last line.
     """
-    try:
-        lines, _ = _read_lines(path)
-    except (OSError, UnicodeDecodeError) as e:
-        raise PartError(f"cannot read {path}: {e}") from None
-    if not lines:
-        raise PartError(f"{path} is empty or holds only a torn line")
-    header = PartHeader.parse(lines[0], path)
-    rows = lines[1:]
-    for i, line in enumerate(rows, start=2):
-        _row_path(line, path, i)
-    return header, rows
+    header, _ = _scan(path, "read")
+    return header, list(_complete_lines(path))[1:]
 
 
-def merge_parts(paths: Sequence[Path], flag: str = "--merge") -> Iterator[str]:
-    """The rows of complete parts of one run, in input order (one JSON line each, with ``\\n``).
+@dataclass
+class MergedParts:
+    """Checked parts of one run; iterating gives their row lines in input order."""
+
+    total: int
+    paths: list[Path]
+
+    def __iter__(self) -> Iterator[str]:
+        for path in self.paths:
+            lines = _complete_lines(path)
+            next(lines)  # the header
+            yield from lines
+
+
+def merge_parts(paths: Sequence[Path], flag: str = "--merge") -> MergedParts:
+    """Check that ``paths`` are the complete parts of one run, and join them in input order.
+
+    Reads each part once to check it, and again (streaming) when iterated, so memory does
+    not grow with the number of rows.
 
     Raises:
         ConfigError: no parts given.
@@ -188,11 +218,11 @@ def merge_parts(paths: Sequence[Path], flag: str = "--merge") -> Iterator[str]:
     """
     if not paths:
         raise ConfigError(f"{flag} needs the part files to join")
-    parts = [(read_part(Path(p)), Path(p)) for p in paths]
-    first, first_path = parts[0][0][0], parts[0][1]
-    count = Shard(*map(int, first.shard.split("/"))).count
-    by_index: dict[int, tuple[list[str], Path]] = {}
-    for (header, rows), path in parts:
+    parts = [(*_scan(Path(p), flag), Path(p)) for p in paths]
+    first, _, first_path = parts[0]
+    count = parse_shard(first.shard, flag).count
+    by_index: dict[int, Path] = {}
+    for header, n_rows, path in parts:
         for key in ("inputs", "inputs_sha256", "model"):
             if getattr(header, key) != getattr(first, key):
                 what = "models" if key == "model" else "inputs"
@@ -204,15 +234,13 @@ def merge_parts(paths: Sequence[Path], flag: str = "--merge") -> Iterator[str]:
         if shard.count != count:
             raise PartError(f"{path} is shard {header.shard}, {first_path} is of {count} shards")
         if shard.index in by_index:
+            raise PartError(f"shard {header.shard} is given twice: {by_index[shard.index]}, {path}")
+        if n_rows != header.rows:
             raise PartError(
-                f"shard {header.shard} is given twice: {by_index[shard.index][1]}, {path}"
-            )
-        if len(rows) != header.rows:
-            raise PartError(
-                f"{path} is incomplete: {len(rows)} of {header.rows} rows",
+                f"{path} is incomplete: {n_rows} of {header.rows} rows",
                 hint="finish it with the same command plus --resume, then merge",
             )
-        by_index[shard.index] = (rows, path)
+        by_index[shard.index] = path
     missing = sorted(set(range(count)) - set(by_index))
     if missing:
         raise PartError(
@@ -220,8 +248,7 @@ def merge_parts(paths: Sequence[Path], flag: str = "--merge") -> Iterator[str]:
             + ", ".join(f"{i}/{count}" for i in missing),
             hint="pass every part of the run",
         )
-    for index in range(count):
-        yield from by_index[index][0]
+    return MergedParts(first.inputs, [by_index[i] for i in range(count)])
 
 
 class ResultsWriter:
@@ -286,24 +313,27 @@ def open_results(
         )
     if resume and path.exists():
         try:
-            lines, _ = _read_lines(path)
+            lines = _complete_lines(path)
+            first = next(lines, None)
+            if first is not None:
+                if PartHeader.parse(first, path) != header:
+                    raise PartError(
+                        f"{flag} {path} holds results of other inputs, another --shard or "
+                        "another model",
+                        hint="resume with the same PATHs, --shard and --model, or use another file",
+                    )
+                keep = len(first.encode("utf-8"))
+                for i, line in enumerate(lines):
+                    row = _row(line, path, i + 2)
+                    if i >= len(expected) or row["path"] != expected[i]:
+                        raise PartError(
+                            f"{flag} {path}, line {i + 2}: not the row this run expects"
+                        )
+                    failed += row.get("error") is not None
+                    keep += len(line.encode("utf-8"))
+                    done = i + 1
         except (OSError, UnicodeDecodeError) as e:
             raise PartError(f"cannot read {flag} {path}: {e}") from None
-        if lines:
-            old = PartHeader.parse(lines[0], path)
-            if old != header:
-                raise PartError(
-                    f"{flag} {path} holds results of other inputs, another --shard or another "
-                    "model",
-                    hint="resume with the same PATHs, --shard and --model, or use another file",
-                )
-            rows = lines[1:]
-            for i, line in enumerate(rows):
-                if i >= len(expected) or _row_path(line, path, i + 2) != expected[i]:
-                    raise PartError(f"{flag} {path}, line {i + 2}: not the row this run expects")
-                failed += json.loads(line).get("error") is not None
-            done = len(rows)
-            keep = sum(len(line.encode("utf-8")) for line in lines)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         os.ftruncate(fd, keep)  # drops a torn last line (or a torn header)
@@ -317,6 +347,7 @@ def open_results(
 
 
 __all__ = [
+    "MergedParts",
     "PartError",
     "PartHeader",
     "ResultsWriter",

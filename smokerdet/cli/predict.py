@@ -207,10 +207,10 @@ def _scaled(
     if merge:
         if shard or output or resume:
             raise ConfigError("--merge joins finished parts: drop --shard, --output and --resume")
-        rows = list(merge_results(paths))
+        total, rows = merge_results(paths)
         summary = render_predictions(
             rows,
-            total=len(rows),
+            total=total,
             json_lines=json_out,
             csv_path=csv_path,
             only=only.value if only else None,

@@ -170,3 +170,16 @@ def test_resume_refuses_another_runs_file(tmp_path):
     header = PartHeader.create(paths, Shard(), MODEL)
     with pytest.raises(PartError, match="line 2: not the row"):
         open_results(out, header, ["b.jpg", "a.jpg"], resume=True)
+
+
+def test_resume_counts_the_error_rows_already_done(tmp_path):
+    paths = ["a.jpg", "b.jpg", "c.jpg"]
+    out = tmp_path / "r.jsonl"
+    header = PartHeader.create(paths, Shard(), MODEL)
+    writer, _, _ = open_results(out, header, paths, resume=False)
+    with writer:
+        writer.append([json.dumps({"path": "a.jpg", "error": "cannot identify image"}) + "\n"])
+        writer.append(rows_for(["b.jpg"]))
+    writer, done, failed = open_results(out, header, paths, resume=True)
+    writer.close()
+    assert (done, failed) == (2, 1)

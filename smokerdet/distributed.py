@@ -152,6 +152,10 @@ def session(device: str = "cpu") -> Iterator[World]:
         if not world.is_main:  # rank 0 says what was kept and how to go on
             raise _Mirrored(e.exit_code) from None
         raise
+    except KeyboardInterrupt:
+        if not world.is_main:
+            raise _Mirrored(Interrupted.exit_code) from None
+        raise
     except SmokerdetError as e:
         if not world.is_main:
             e.message = f"rank {world.rank}: {e.message}"
@@ -251,8 +255,10 @@ def all_sum(values: list[float]) -> list[float]:
     import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":  # nccl reduces GPU tensors only
+        t = t.cuda()
     dist.all_reduce(t)
-    return t.tolist()
+    return t.cpu().tolist()
 
 
 def on_main(fn: Callable[[], T]) -> T:

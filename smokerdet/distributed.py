@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -162,11 +163,7 @@ def session(device: str = "cpu") -> Iterator[World]:
             e.args = (e.message,)
         raise
     except (dist.DistError, RuntimeError) as e:
-        raise DistributedError(
-            f"rank {world.rank} of {world.size} lost the other ranks: {str(e).splitlines()[0]}",
-            hint="another rank failed or was stopped: see its message; "
-            f"a rank silent for longer than {TIMEOUT_ENV} seconds also ends the run",
-        ) from None
+        raise lost_ranks(world, e) from None
     finally:
         for stream in (sys.stdout, sys.stderr):  # a SIGTERM from now on kills at once
             with contextlib.suppress(Exception):
@@ -174,6 +171,22 @@ def session(device: str = "cpu") -> Iterator[World]:
         signal.signal(signal.SIGTERM, previous)
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+
+
+def reason(e: BaseException) -> str:
+    """The gist of a collective's error: its first sentence, without the source location."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return text.split(". ")[0]
+
+
+def lost_ranks(world: World, e: BaseException, kept: str = "") -> DistributedError:
+    """The error of a rank whose collective failed: another rank died, stopped or hung."""
+    return DistributedError(
+        f"rank {world.rank} of {world.size} lost the other ranks ({reason(e)})" + kept,
+        hint="another rank failed or was stopped: see its message above; a rank silent for "
+        f"longer than {TIMEOUT_ENV} seconds also ends the run",
+    )
 
 
 def quiet_unless_main() -> bool:
@@ -299,6 +312,7 @@ __all__ = [
     "broadcast",
     "current",
     "gather_to_main",
+    "lost_ranks",
     "on_main",
     "quiet_unless_main",
     "session",

@@ -134,6 +134,13 @@ def train(
                 run_phase(state, phase, data, reporter, saved, criterion)
         except KeyboardInterrupt:
             raise interrupted(state) from None
+        except RuntimeError as e:  # a collective failed: another rank died or hung
+            if not world.distributed:
+                raise
+            stop = interrupted(state)
+            lost = distributed.lost_ranks(world, e, f"; {stop.message.split('; ', 1)[1]}")
+            lost.hint = f"{stop.hint}; {lost.hint}"
+            raise lost from None
         skipped = [s for part in distributed.all_gather(data.skipped) for s in part]
         if world.is_main:
             shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)

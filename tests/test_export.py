@@ -2,13 +2,16 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import write_flat
 
 from smokerdet.checkpoint import read_meta
+from smokerdet.cli import app
 from smokerdet.engine import open_engine
 from smokerdet.export import ExportError, export_onnx
 from smokerdet.paths import default_model_dir
@@ -65,3 +68,54 @@ def test_an_exported_file_works_alone(model_copy: Path, tmp_path: Path):
 def test_export_into_a_folder_path_is_refused(model_copy: Path, tmp_path: Path):
     with pytest.raises(ExportError, match="--out .* is a folder"):
         export_onnx("tiny", out=tmp_path)
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def test_export_command_prints_the_path_and_the_check(runner, model_copy: Path, tmp_path: Path):
+    out = tmp_path / "alone" / "tiny.onnx"
+    r = runner.invoke(app, ["export", "tiny", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(out) and out.is_file()
+    size_mb = out.stat().st_size / 1e6
+    line = re.fullmatch(
+        r"Exported resnet10t \((\d+\.\d) MB\), max \|dp\| vs torch = (\S+)\n", r.stderr
+    )
+    assert line, r.stderr
+    assert float(line.group(1)) == pytest.approx(size_mb, abs=0.05)
+    assert float(line.group(2)) <= 1e-3  # resnet10t has a pooled linear head: no heatmap note
+    # the file alone is a model: predict runs it with nothing beside it, through ONNX
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.onnx"]
+    photos = tmp_path / "photos"
+    write_flat(photos, n_per_class=2)
+    r = runner.invoke(app, ["predict", "--model", str(out), str(photos), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(rows) == 4 and all(row["error"] is None and row["label"] for row in rows)
+    assert all(row["model"] == "tiny" for row in rows)
+
+
+def test_export_command_default_writes_into_the_model_folder(runner, model_copy: Path):
+    r = runner.invoke(app, ["export", "tiny"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(model_copy / "model.onnx")
+    assert open_engine("tiny").backend == "onnx"
+
+
+def test_export_command_unknown_model_is_exit_1(runner):
+    r = runner.invoke(app, ["export", "no-such-model"])
+    assert r.exit_code == 1
+    assert r.stderr.startswith("Error: no model named or at 'no-such-model'")
+    assert "Hint: " in r.stderr and r.stdout == ""
+
+
+def test_export_command_unwritable_out_is_exit_1(runner, model_copy: Path, tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "tiny.onnx"
+    r = runner.invoke(app, ["export", "tiny", "--out", str(out)])
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"Error: cannot write {out}: ")
+    assert "Hint: check --out" in r.stderr and r.stdout == ""
+    assert blocker.read_text() == "not a folder"

@@ -8,13 +8,21 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import write_flat
+from conftest import EXAMPLES, write_flat
 
+import smokerdet
 from smokerdet.checkpoint import read_meta
 from smokerdet.cli import app
 from smokerdet.engine import open_engine
 from smokerdet.export import ExportError, export_onnx
 from smokerdet.paths import default_model_dir
+from smokerdet.train import (
+    TrainConfig,
+    TrainingInterrupted,
+    TrainReporter,
+    resume_training,
+    train,
+)
 
 
 def props_of(path: Path) -> dict[str, str]:
@@ -119,3 +127,57 @@ def test_export_command_unwritable_out_is_exit_1(runner, model_copy: Path, tmp_p
     assert r.stderr.startswith(f"Error: cannot write {out}: ")
     assert "Hint: check --out" in r.stderr and r.stdout == ""
     assert blocker.read_text() == "not a folder"
+
+
+# --- train exports the model it saves -----------------------------------------------------------
+
+
+def assert_onnx_made_from_folder(folder: Path) -> None:
+    weights = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert props_of(folder / "model.onnx")["weights_sha256"] == weights
+    assert read_meta(folder).weights_sha256 == weights
+
+
+def test_a_trained_model_predicts_through_its_onnx_file(trained_model: Path):
+    assert_onnx_made_from_folder(trained_model)
+    assert open_engine(trained_model).backend == "onnx"
+    photos = sorted(EXAMPLES.glob("*.jpg"))[:6]
+    onnx_rows = list(smokerdet.predict(photos, model=trained_model, workers=0))
+    torch_rows = list(smokerdet.predict(photos, model=trained_model, workers=0, backend="torch"))
+    for a, b in zip(onnx_rows, torch_rows, strict=True):
+        assert a.error is None and a.label == b.label
+        assert a.probability == pytest.approx(b.probability, abs=1e-3)
+
+
+class StopAt(TrainReporter):
+    """Presses Ctrl-C when an epoch starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, epoch: int, total: int, steps: int, phase: str) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_half_and_resumed_runs_export_what_they_save(flat_data: Path, smokerdet_home: Path):
+    cfg = TrainConfig(
+        arch="resnet10t",
+        pretrained=False,
+        img_size=32,
+        epochs=3,
+        batch_size=8,
+        workers=0,
+        data=flat_data,
+        name="cut",
+        patience=0,
+        half=True,
+    )
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, StopAt(3))
+    folder = smokerdet_home / "models" / "cut"
+    assert_onnx_made_from_folder(folder)  # epochs 1 and 2 saved fp16 weights and their export
+    resumed = resume_training("cut")
+    assert resumed.path == folder
+    assert_onnx_made_from_folder(folder)
+    assert open_engine("cut").backend == "onnx"

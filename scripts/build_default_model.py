@@ -13,7 +13,8 @@ Steps (each a subcommand; ``all`` runs them in order):
 2. ``train``: ``smokerdet train --arch tf_efficientnet_lite0 --weights FILE ...`` on the
    real dataset (Training to fit, Validation to select and pick the threshold).
 3. ``ship``: copy the trained model into the package in fp16, recording the build command,
-   seed and the backbone's provenance in ``model.json``.
+   seed and the backbone's provenance in ``model.json``, export it to ``model.onnx`` (what
+   ``predict`` runs) and record its answers on ``examples/`` for the golden test.
 
 Example:
     python scripts/build_default_model.py all --data ../shared/data/smoker-detection
@@ -228,7 +229,21 @@ def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
     print(f"shipped {model_dir} -> {SHIPPED} ({size / 1e6:.1f} MB); val acc "
           f"{val.metrics.accuracy:.4f} f1 {val.metrics.f1:.4f} at threshold "
           f"{val.threshold:.3f}")  # fmt: skip
+    export_shipped()
     write_golden()
+
+
+def export_shipped() -> None:
+    """Write the shipped model's ONNX file from the weights just shipped (predict runs it).
+
+    Unlike ``train``, a model that cannot be exported stops the build: the package must ship
+    a model that predicts without torch.
+    """
+    from smokerdet.export import export_onnx
+
+    result = export_onnx(SHIPPED)
+    print(f"exported {result.path} ({result.size_bytes / 1e6:.1f} MB), "
+          f"max |dp| vs torch = {result.max_abs_diff:.1e}")  # fmt: skip
 
 
 def write_golden() -> None:

@@ -12,8 +12,10 @@ from smokerdet.__about__ import __version__
 from smokerdet.checkpoint import LoadedModel, ModelMeta, load_model
 from smokerdet.config import EvalConfig, PredictConfig, TrainConfig
 from smokerdet.data import DataConfig, DatasetSplits, find_dataset, load_image
+from smokerdet.engine import Engine, open_engine
 from smokerdet.errors import SmokerdetError
 from smokerdet.evaluate import EvalReport, evaluate
+from smokerdet.export import ExportResult, export_onnx
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.predict import Prediction, expand_inputs, predict
 from smokerdet.train import TrainResult, train
@@ -22,8 +24,10 @@ __all__ = [
     "BinaryMetrics",
     "DataConfig",
     "DatasetSplits",
+    "Engine",
     "EvalConfig",
     "EvalReport",
+    "ExportResult",
     "LoadedModel",
     "ModelMeta",
     "PredictConfig",
@@ -35,9 +39,11 @@ __all__ = [
     "binary_metrics",
     "evaluate",
     "expand_inputs",
+    "export_onnx",
     "find_dataset",
     "load_image",
     "load_model",
+    "open_engine",
     "predict",
     "train",
 ]

@@ -656,6 +656,7 @@ def keep_if_best(state: LoopState, val: Validation | None) -> bool:
     state.meta.val_metrics = val.metrics.to_dict() if val else {}
     if state.world.is_main:
         save_model(state.folder, state.scored_model, state.meta, half=state.cfg.half)
+        export_saved(state.folder)
     return True
 
 
@@ -793,3 +794,19 @@ def restore_phase(state: LoopState, saved: ResumeState) -> None:
     state.scheduler.load_state_dict({**saved.json["scheduler"], "lr_lambdas": [None]})
     if state.ema is not None:
         _load_prefixed(state.ema, saved.tensors, "ema.")
+
+
+def export_saved(folder: Path) -> None:
+    """Write ``model.onnx`` from the weights just saved in ``folder``, so predict needs no torch.
+
+    The old ONNX file goes first: made from earlier weights, it would be refused as stale, while
+    a folder without one predicts through torch. An architecture that cannot be exported
+    leaves it so, with one warning.
+    """
+    from smokerdet.export import ONNX_FILE, ExportError, export_onnx
+
+    (folder / ONNX_FILE).unlink(missing_ok=True)
+    try:
+        export_onnx(folder)
+    except ExportError as e:
+        log.warning("no %s for %s (%s): it predicts through torch", ONNX_FILE, folder.name, e)

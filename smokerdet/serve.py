@@ -29,10 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from smokerdet.config import ServeConfig
+from smokerdet.engine import Engine, open_engine
 from smokerdet.errors import ConfigError, ImageLoadError, SmokerdetError
-from smokerdet.serve_engine import Engine, load_image_bytes, open_engine
+from smokerdet.images import load_image
 
 log = logging.getLogger("smokerdet")
+
+#: What error messages call an upload: a client's file name is never a path here.
+UPLOAD = "upload"
 
 #: Bytes read and thrown away past the body limit, so that the client reads our 413 instead
 #: of a connection reset; a body declared larger than limit + this is refused unread.
@@ -170,7 +174,10 @@ class Scorer:
         self.draft = engine.meta.data_config.input_size
 
     def decode(self, data: bytes) -> Any:
-        return load_image_bytes(data, max_pixels=self.config.max_pixels, draft_size=self.draft)
+        """The upload as an upright RGB image, with ``predict``'s guards and JPEG draft."""
+        return load_image(
+            data, max_pixels=self.config.max_pixels, draft_size=self.draft, name=UPLOAD
+        )
 
     def run(self, uploads: list[Upload], threshold: float, heatmap: bool) -> list[dict[str, Any]]:
         """One result per upload, in order; a bad image is a result with its error."""
@@ -249,11 +256,23 @@ def _image_format(data: bytes) -> str | None:
 
 
 def model_info(engine: Engine) -> dict[str, Any]:
-    """What ``GET /v1/model`` answers: the model's metadata without local paths."""
-    from smokerdet.__about__ import __version__
+    """What ``GET /v1/model`` answers: the model's metadata without local paths.
 
-    meta = {k: v for k, v in engine.meta.to_dict().items() if k not in _META_HIDDEN}
-    meta["input_size"] = engine.meta.data_config.input_size
+    An ONNX file carries only what scoring needs; when it sits in a model folder whose
+    weights it was made from (``open_engine`` checks that), the folder's ``model.json`` adds
+    the validation metrics and versions.
+    """
+    from smokerdet.__about__ import __version__
+    from smokerdet.checkpoint import META_FILE, read_meta
+
+    full = engine.meta
+    folder = engine.path if engine.path.is_dir() else engine.path.parent
+    if (folder / META_FILE).is_file():
+        on_disk = read_meta(folder)
+        if on_disk.weights_sha256 == engine.meta.weights_sha256:
+            full = on_disk
+    meta = {k: v for k, v in full.to_dict().items() if k not in _META_HIDDEN}
+    meta["input_size"] = full.data_config.input_size
     return {"name": engine.name, "backend": engine.backend, "server_version": __version__, **meta}
 
 
@@ -281,6 +300,7 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
     from smokerdet.__about__ import __version__
 
     scorer = Scorer(engine, config)
+    info = model_info(engine)  # read once: the model does not change while serving
     collector = Collector(config.collect, scorer.names) if config.collect else None
     limiter = anyio.CapacityLimiter(config.threads)
     app = FastAPI(
@@ -317,7 +337,7 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
     @app.get("/v1/model", dependencies=api, tags=["api"])
     async def get_model() -> dict[str, Any]:
         """The model's metadata: arch, input size, threshold, validation metrics, versions."""
-        return model_info(engine)
+        return info
 
     @app.post("/v1/predict", dependencies=api, tags=["api"])
     async def post_predict(

@@ -210,7 +210,7 @@ def test_heatmaps_into_a_missing_or_read_only_folder_fail_first(tmp_path: Path):
 def test_torch_only_model_falls_back_with_one_line_and_heatmaps_by_grad_cam(
     model_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    assert not (model_copy / "model.onnx").exists()
+    (model_copy / "model.onnx").unlink()  # train exports; a folder from before it did has none
     engine = open_engine("tiny")
     assert engine.backend == "torch"
     assert "tiny has no model.onnx: scoring through torch" in caplog.text

@@ -31,13 +31,15 @@ TOKEN = "s3cret-token"
 class Server:
     """``python -m smokerdet serve`` on a free port, its stderr in a file."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(
+        self, tmp: Path, *args: str, runner: tuple[str, ...] = ("-m", "smokerdet")
+    ) -> None:
         self.log = tmp / "serve.err"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
         env.pop("SMOKERDET_TOKEN", None)
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "smokerdet", "serve", "--port", "0", *args],
+                [sys.executable, *runner, "serve", "--port", "0", *args],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 env=env,
@@ -146,6 +148,42 @@ def test_raw_body_heatmap_is_a_png_of_the_photo_size(default_server):
     heat = Image.open(io.BytesIO(base64.b64decode(row["heatmap"][len(prefix) :])))
     assert heat.format == "PNG" and heat.size == Image.open(photo).size
     assert heat.mode == "RGBA" and heat.getextrema()[3][1] > 0  # something is hot
+
+
+# Any import of torch, timm or torchvision fails (and is printed); at exit the process lists the
+# ones that are loaded anyway.
+NO_TORCH = """
+import runpy, sys, traceback
+class Forbid:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "timm", "torchvision"):
+            traceback.print_stack()
+            raise ImportError("forbidden import: " + name)
+sys.meta_path.insert(0, Forbid())
+sys.argv = ["smokerdet", *sys.argv[1:]]
+try:
+    runpy.run_module("smokerdet", run_name="__main__")
+finally:
+    bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision"))
+    print("imported:", bad, file=sys.stderr)
+"""
+
+
+def test_serving_the_shipped_model_never_imports_torch(tmp_path):
+    server = Server(tmp_path, "--model", "default", runner=("-c", NO_TORCH))
+    try:
+        photo = (EXAMPLES / "smoking_0001.jpg").read_bytes()
+        with server.client() as c:
+            assert c.get("/v1/model").json()["backend"] == "onnx"
+            r = c.post(
+                "/v1/predict?heatmap=1", content=photo, headers={"Content-Type": "image/jpeg"}
+            )
+        assert r.status_code == 200, r.text
+        (row,) = r.json()["results"]
+        assert row["label"] == "smoking" and row["heatmap"].startswith("data:image/png")
+    finally:
+        assert server.stop() == 0, server.stderr()
+    assert "imported: []" in server.stderr(), server.stderr()
 
 
 def test_model_endpoint_matches_model_json(default_server):
@@ -343,7 +381,8 @@ def test_a_model_that_fails_to_load_stops_serve_with_exit_1(tmp_path, trained_mo
     (broken / "model.safetensors").write_bytes(b"not the weights")
     r = _serve("--model", str(broken), "--port", "0", tmp=tmp_path)
     assert r.returncode == 1
-    assert r.stderr.startswith("Error: ") and "does not match the weights_sha256" in r.stderr
+    # this folder has no model.onnx: one line says torch runs it, then the load fails
+    assert "\nError: " in r.stderr and "does not match the weights_sha256" in r.stderr
     assert "Serving" not in r.stderr
 
 

@@ -83,7 +83,7 @@ def _root(
 
 
 def _register() -> None:
-    from smokerdet.cli import download, eval, info, predict, serve, train
+    from smokerdet.cli import download, eval, export, info, predict, serve, train
 
     app.command("info")(info.info)
     app.add_typer(download.app, name="download")
@@ -91,6 +91,7 @@ def _register() -> None:
     app.command("eval")(eval.eval_)
     app.command("predict")(predict.predict)
     app.command("serve")(serve.serve)
+    app.command("export")(export.export)
 
 
 _register()

@@ -145,6 +145,13 @@ def test_download_sub_command_usage_errors(runner):
     assert r.exit_code == 2 and "--from imports weights for exactly one ARCH" in r.stderr
     r = runner.invoke(app, ["download", "dataset", "resnet50"])
     assert r.exit_code == 2 and "unexpected extra argument" in r.stderr
+    for args in (
+        ["download", "weights", "resnet50", "--source", "github"],
+        ["download", "--source", "github", "weights"],
+    ):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "--source" in r.stderr and "for the dataset" in r.stderr
+        assert "Traceback" not in r.stderr
 
 
 def test_main_maps_usage_errors_and_unexpected_ones(monkeypatch, capsys):

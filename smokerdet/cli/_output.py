@@ -23,16 +23,24 @@ from smokerdet.errors import SmokerdetError
 from smokerdet.metrics import BinaryMetrics
 
 if TYPE_CHECKING:
-    from smokerdet.download import DatasetResult, WeightsResult
+    from smokerdet.download import DownloadReport
     from smokerdet.evaluate import EvalReport
     from smokerdet.info import Info
     from smokerdet.predict import Prediction
     from smokerdet.train import EpochStats, TrainResult
 
 
+#: Width of the stdout console off a terminal: wide enough that no row ever wraps.
+PIPE_WIDTH = 100_000
+
+
 def out() -> Console:
-    """Console on stdout (looked up at call time, so test runners can capture it)."""
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    """Console on stdout (looked up at call time, so test runners can capture it).
+
+    Off a terminal (a pipe, a file) nothing wraps: full paths, one table row per line.
+    """
+    width = None if sys.stdout.isatty() else PIPE_WIDTH
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
 
 
 def err() -> Console:
@@ -410,40 +418,25 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def download_json(
-    dataset: DatasetResult | None, weights: list[WeightsResult] | None
-) -> dict[str, Any]:
-    """What ``smokerdet download --json`` prints: only the parts that were asked for."""
-    out: dict[str, Any] = {}
-    if dataset is not None:
-        out["dataset"] = dataset.to_dict()
-    if weights is not None:
-        out["weights"] = [w.to_dict() for w in weights]
-    return out
+def render_download_report(report: DownloadReport) -> None:
+    """What ``smokerdet download`` did, one row per part: part, source, result, message."""
+    table = Table(title="Download", title_justify="left")
+    for col in ("part", "source", "result", "message"):
+        table.add_column(col, overflow="fold")
+    for p in report.parts:
+        result = f"[red]{p.result}[/red]" if p.result == "failed" else p.result
+        message = p.message.splitlines()[0] if p.message else ""
+        table.add_row(escape(p.part), escape(p.source), result, escape(message))
+    out().print(table)
 
 
-def render_download(dataset: DatasetResult | None, weights: list[WeightsResult] | None) -> None:
-    """What ``smokerdet download`` did, for people."""
-    console = out()
-    if dataset is not None:
-        if dataset.already_present:
-            console.print(f"Dataset: already present at {escape(dataset.path)}")
-        else:
-            console.print(
-                f"Dataset: installed at {escape(dataset.path)} from {escape(dataset.source)}"
-            )
-            v = dataset.verify
-            if v is not None:
-                splits = ", ".join(f"{k} {n}" for k, n in v.per_split.items())
-                console.print(
-                    f"  {v.total} images ({splits}); SHA-256 matched "
-                    f"{v.hashes_matched} of {v.hashes_total} published files"
-                )
-        for note in dataset.notes:
-            err().print(f"Warning: {escape(note)}")
-    for w in weights or []:
-        state = "already present" if w.already_present else "installed"
-        console.print(f"Weights {w.arch} ({w.tag}): {state} at {escape(w.path)}")
+def print_download_problems(report: DownloadReport) -> None:
+    """Each dataset note as ``Warning:``, each failed part as ``Error: PART: ...`` + ``Hint:``."""
+    for p in report.parts:
+        for note in p.dataset.notes if p.dataset else []:
+            print_warning(note)
+        if p.result == "failed":
+            print_error(f"{p.part}: {p.message}", hint=p.hint)
 
 
 def render_download_list(status: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ def test_info_json(runner, smokerdet_home, model_copy):
     assert set(info["versions"]) == {"smokerdet", "torch", "timm"}
     assert info["device"] in ("cpu", "cuda", "mps")
     assert info["models"][0]["name"] == "tiny"
-    assert info["active_model"]["name"] == "tiny"
+    assert info["active_model"]["name"] == "default"  # training never changes the default
     r = runner.invoke(app, ["info"])
     assert "active model" in r.stdout and "tiny" in r.stdout
 

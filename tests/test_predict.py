@@ -31,7 +31,7 @@ def photos(tmp_path: Path) -> Path:
 
 
 def test_directory_is_walked_recursively_by_extension(runner, model_copy, photos):
-    r = runner.invoke(app, ["predict", str(photos), "--json"])
+    r = runner.invoke(app, ["predict", str(photos), "--json", "--model", "tiny"])
     assert r.exit_code == 0, r.output
     rows = jsonl(r.stdout)
     assert len(rows) == 6
@@ -40,7 +40,7 @@ def test_directory_is_walked_recursively_by_extension(runner, model_copy, photos
         assert set(row) == {"path", "label", "probability", "threshold", "model", "error"}
         assert row["label"] in ("smoking", "not_smoking") and row["error"] is None
         assert 0.0 <= row["probability"] <= 1.0 and row["model"] == "tiny"
-    r = runner.invoke(app, ["predict", str(photos), "--json", "--no-recursive"])
+    r = runner.invoke(app, ["predict", str(photos), "--json", "--no-recursive", "-m", "tiny"])
     assert len(jsonl(r.stdout)) == 3
 
 
@@ -128,10 +128,9 @@ def test_only_filters_rows(runner, model_copy, photos):
 
 
 def test_threshold_override_changes_labels_not_probabilities(runner, model_copy, photos):
-    default = jsonl(runner.invoke(app, ["predict", str(photos), "--json"]).stdout)
-    lowered = jsonl(
-        runner.invoke(app, ["predict", str(photos), "--json", "--threshold", "0.0"]).stdout
-    )
+    args = ["predict", str(photos), "--json", "--model", "tiny"]
+    default = jsonl(runner.invoke(app, args).stdout)
+    lowered = jsonl(runner.invoke(app, [*args, "--threshold", "0.0"]).stdout)
     assert [x["probability"] for x in default] == [x["probability"] for x in lowered]
     assert all(x["threshold"] == 0.0 and x["label"] == "smoking" for x in lowered)
     meta = json.loads((model_copy / "model.json").read_text())
@@ -145,14 +144,15 @@ def test_bad_threshold_is_a_usage_error(runner, model_copy, photos):
 
 
 def test_predict_and_eval_give_identical_probabilities(model_copy):
-    report = evaluate(data=EXAMPLES, split="all")
+    report = evaluate(data=EXAMPLES, split="all", model="tiny")
     by_path = {p: prob for p, _, prob in report.probabilities}
-    predicted = {p.path: p.probability for p in smokerdet.predict(list(by_path), batch_size=5)}
+    preds = smokerdet.predict(list(by_path), batch_size=5, model="tiny")
+    predicted = {p.path: p.probability for p in preds}
     assert predicted == by_path
 
 
 def test_library_api_returns_predictions(model_copy):
-    preds = list(smokerdet.predict([EXAMPLES / "smoking_0001.jpg"]))
+    preds = list(smokerdet.predict([EXAMPLES / "smoking_0001.jpg"], model="tiny"))
     assert len(preds) == 1 and isinstance(preds[0], smokerdet.Prediction)
     assert preds[0].model == "tiny"
 

@@ -22,6 +22,10 @@ COMMANDS = [
     "train",
     "eval",
     "predict",
+    "models",
+    "models list",
+    "models default",
+    "models remove",
 ]
 
 

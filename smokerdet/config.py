@@ -191,8 +191,8 @@ class ScoringConfig:
     """Options shared by the commands that score images with a trained model."""
 
     model: str | None = None
-    """Model name, folder, 'latest' or 'default'. Default: the latest trained model, else the
-    model shipped with smokerdet."""
+    """Model name, folder, 'latest' or 'default' (the shipped model). Default: the model chosen
+    with `smokerdet models default`, else the shipped model."""
     threshold: float | None = None
     """Probability from which a photo is 'smoking'. Default: the model's."""
     batch_size: int = DEFAULT_BATCH_SIZE

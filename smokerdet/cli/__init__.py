@@ -54,8 +54,8 @@ app = typer.Typer(
     name="smokerdet",
     cls=_Root,
     help="Tell whether people in photos are smoking.",
-    no_args_is_help=True,
-    add_completion=False,
+    invoke_without_command=True,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -68,8 +68,16 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def show_help_when_bare(ctx: typer.Context) -> None:
+    """A group run with no sub-command prints its help and exits 0 (there was no mistake)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -80,16 +88,18 @@ def _root(
     Start with `smokerdet predict photos/` (uses the model shipped with smokerdet), or
     train your own with `smokerdet train --data DIR`.
     """
+    show_help_when_bare(ctx)
 
 
 def _register() -> None:
-    from smokerdet.cli import download, eval, info, predict, train
+    from smokerdet.cli import download, eval, info, models, predict, train
 
     app.command("info")(info.info)
     app.add_typer(download.app, name="download")
     app.command("train")(train.train)
     app.command("eval")(eval.eval_)
     app.command("predict")(predict.predict)
+    app.add_typer(models.app, name="models")
 
 
 _register()

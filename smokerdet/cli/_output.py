@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from smokerdet.download import DownloadReport
     from smokerdet.evaluate import EvalReport
     from smokerdet.info import Info
+    from smokerdet.models import ModelInfo
     from smokerdet.predict import Prediction
     from smokerdet.train import EpochStats, TrainResult
 
@@ -69,6 +70,12 @@ def print_warning(message: str) -> None:
     sys.stderr.write(f"Warning: {message}\n")
 
 
+def say(message: str) -> None:
+    """One line of chatter on stderr, as plain text (a confirmation, a note)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 class StderrHandler(logging.Handler):
     """Routes smokerdet's log warnings to stderr as ``Warning: ...`` lines."""
 
@@ -91,9 +98,9 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def metrics_table(m: BinaryMetrics, title: str) -> Table:
+def metrics_table(m: BinaryMetrics) -> Table:
     """Accuracy, precision, recall, F1, specificity, ROC-AUC and support."""
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for label, value in [
@@ -125,7 +132,9 @@ def confusion_table(m: BinaryMetrics) -> Table:
 
 def print_metrics(m: BinaryMetrics, title: str) -> None:
     console = out()
-    console.print(metrics_table(m, title))
+    # The title on its own line: as a table title it would wrap to the table's width.
+    console.print(title, style="italic")
+    console.print(metrics_table(m))
     console.print(confusion_table(m))
     for note in m.notes:
         err().print(f"Note: {escape(note)}")
@@ -172,6 +181,29 @@ def render_info(info: Info) -> None:
         console.print(models)
     else:
         console.print("No trained models yet.")
+
+
+def render_models(models: list[ModelInfo]) -> None:
+    """``smokerdet models list``: one row per model, the default marked ``*``."""
+    table = Table(title="Models", title_justify="left", caption_justify="left")
+    for col in ("", "name", "arch", "created", "val F1", "threshold", "path", "problem"):
+        table.add_column(col, overflow="fold")
+    for m in models:
+        table.add_row(
+            "*" if m.is_default else "",
+            escape(f"{m.name} (shipped)" if m.is_shipped else m.name),
+            m.arch or "-",
+            m.created or "-",
+            fmt(m.val_metrics.get("f1")),
+            fmt(m.threshold),
+            escape(str(m.path)),
+            f"[red]{escape(m.problem)}[/red]" if m.problem else "-",
+        )
+    if not any(m.is_default for m in models):
+        table.caption = "no model answers by default: pass --model NAME|PATH"
+    else:
+        table.caption = "* answers when no --model is given"
+    out().print(table)
 
 
 class RichTrainReporter:
@@ -280,6 +312,7 @@ class PredictSummary:
     """Counts of a predict run."""
 
     total: int = 0
+    model: str | None = None
     labelled: int = 0
     smoking: int = 0
     failed: int = 0
@@ -332,6 +365,7 @@ def render_predictions(
             )
             task = progress.add_task("predict", total=total)
         for row in rows:
+            summary.model = summary.model or row.model
             if row.error is None:
                 summary.labelled += 1
                 summary.smoking += row.label == "smoking"
@@ -368,7 +402,8 @@ def render_predictions(
         out().print(table)
     rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
     err().print(
-        f"{summary.total} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
+        (f"model {escape(summary.model)}: " if summary.model else "")
+        + f"{summary.total} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
         f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
         f"{rate:.1f} images/s (model loading included)"
     )

@@ -22,7 +22,18 @@ def test_version(runner):
 
 @pytest.mark.parametrize(
     "command",
-    ["train", "eval", "predict", "info", "download", "download dataset", "download weights"],
+    [
+        "train",
+        "eval",
+        "predict",
+        "info",
+        "download",
+        "download dataset",
+        "download weights",
+        "models list",
+        "models default",
+        "models remove",
+    ],
 )
 def test_each_command_help_has_an_example(runner, command):
     r = runner.invoke(app, [*command.split(), "--help"])
@@ -159,3 +170,58 @@ def test_main_maps_usage_errors_and_unexpected_ones(monkeypatch, capsys):
     assert "No such command 'frobnicate'" in capsys.readouterr().err
     assert _run_main(monkeypatch, ["--version"]) == 0
     assert capsys.readouterr().out == f"smokerdet {__version__}\n"
+
+
+def test_eval_plots_writes_four_pngs_that_decode(runner, model_copy, flat_data, tmp_path):
+    from PIL import Image
+
+    from smokerdet.plots import DPI, EVAL_FILES, FIGSIZE
+
+    plots = tmp_path / "plots"
+    args = ["eval", "--model", "tiny", "--data", str(flat_data), "--split", "all"]
+    r = runner.invoke(app, [*args, "--plots", str(plots), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"] == "tiny"
+    assert sorted(p.name for p in plots.iterdir()) == sorted(EVAL_FILES)
+    for name in EVAL_FILES:
+        assert f"Wrote {plots / name}" in r.stderr
+        with Image.open(plots / name) as im:
+            im.load()
+            assert im.format == "PNG" and im.size == (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI)
+
+
+def test_eval_plots_folder_that_cannot_be_written_fails_before_scoring(
+    runner, model_copy, tmp_path
+):
+    # --data names nothing: had eval scored first, the error would be about the dataset.
+    args = ["eval", "--model", "tiny", "--data", str(tmp_path / "none")]
+    r = runner.invoke(app, [*args, "--plots", str(tmp_path / "no" / "such" / "plots")])
+    assert r.exit_code == 2
+    assert f"Error: --plots {tmp_path / 'no' / 'such' / 'plots'}: the folder" in r.stderr
+    assert "does not exist" in r.stderr and "Hint: create it first" in r.stderr
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, [*args, "--plots", str(tmp_path / "file")])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.stderr
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write in: read-only bits, or /sys for root (who ignores them)."""
+    import tempfile
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for folder in (locked, Path("/sys")):
+        try:
+            tempfile.NamedTemporaryFile(dir=folder).close()
+        except OSError:
+            return folder
+    pytest.skip("no folder here refuses writes")
+
+
+def test_eval_plots_read_only_folder_fails_before_scoring(runner, model_copy, tmp_path):
+    locked = _unwritable_folder(tmp_path)
+    args = ["eval", "--model", "tiny", "--data", str(tmp_path / "none")]
+    r = runner.invoke(app, [*args, "--plots", str(locked / "plots")])
+    assert r.exit_code == 2
+    assert f"Error: --plots {locked / 'plots'}: cannot write in {locked}" in r.stderr
+    assert "Hint: give --plots a folder you can write to" in r.stderr

@@ -127,6 +127,37 @@ def test_only_filters_rows(runner, model_copy, photos):
     assert len(jsonl(r.stdout)) == 6
 
 
+def test_only_keeps_error_rows_in_json_and_csv(runner, model_copy, photos, tmp_path):
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    missing = photos / "missing.jpg"
+    out = tmp_path / "only.csv"
+    args = ["predict", str(photos), str(missing), "--threshold", "0", "--only", "not_smoking"]
+    r = runner.invoke(app, [*args, "--json", "--csv", str(out), "-m", "tiny"])
+    assert r.exit_code == 3, r.output
+    rows = jsonl(r.stdout)  # every image is "smoking" at threshold 0: only the failures stay
+    assert sorted(Path(x["path"]).name for x in rows) == ["broken.jpg", "missing.jpg"]
+    assert all(x["error"] and x["label"] is None for x in rows)
+    csv_rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [x["path"] for x in csv_rows] == [x["path"] for x in rows]
+    r = runner.invoke(app, [*args, "-m", "tiny"])  # the table keeps them too
+    assert r.exit_code == 3 and "broken.jpg" in r.stdout and "error: " in r.stdout
+
+
+def test_table_off_a_terminal_is_one_line_per_image_with_full_paths(runner, model_copy, tmp_path):
+    deep = tmp_path / ("a-rather-long-folder-name-" * 6) / "photos"
+    deep.mkdir(parents=True)
+    for i in range(3):
+        synthetic_image(i % 2, i).save(deep / f"photo_{i}.jpg")
+    r = runner.invoke(app, ["predict", str(deep), "-m", "tiny"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["path", "p(smoking)", "label"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        str(deep / f"photo_{i}.jpg") for i in range(3)
+    ]
+    assert r.stderr.startswith("model tiny: 3 images, ")
+
+
 def test_threshold_override_changes_labels_not_probabilities(runner, model_copy, photos):
     args = ["predict", str(photos), "--json", "--model", "tiny"]
     default = jsonl(runner.invoke(app, args).stdout)

@@ -22,11 +22,18 @@ from smokerdet.errors import Interrupted, SmokerdetError
 
 DEBUG_ENV = "SMOKERDET_DEBUG"
 
-#: What a Ctrl-C in each command leaves behind, and how to go on.
+#: What a Ctrl-C in each command leaves behind, and how to go on. (``predict`` and ``train``
+#: say more themselves when they are stopped mid-work: how many images, which epochs.)
 INTERRUPT_HINTS = {
     "download": "run the same command again: the download resumes where it stopped",
-    "predict": "rows already printed are complete; run again for the rest",
+    "predict": "each row printed is complete; run the same command again to label them all",
+    "eval": "eval changes nothing (--plots files are written whole or not at all); run it again",
+    "train": "if an epoch had finished, `smokerdet train --resume NAME` continues it; "
+    "otherwise start again with the same command",
+    "info": "info changes nothing; run it again",
+    "models": "each change is one atomic step; see where things stand with `smokerdet models list`",
 }
+DEFAULT_INTERRUPT_HINT = "run the same command again"
 
 
 class _Root(TyperGroup):
@@ -47,7 +54,8 @@ class _Root(TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             name = ctx.invoked_subcommand or "smokerdet"
-            raise Interrupted(f"{name} interrupted", hint=INTERRUPT_HINTS.get(name)) from None
+            hint = INTERRUPT_HINTS.get(name, DEFAULT_INTERRUPT_HINT)
+            raise Interrupted(f"{name} interrupted", hint=hint) from None
 
 
 app = typer.Typer(
@@ -112,13 +120,16 @@ def main(args: Sequence[str] | None = None, prog_name: str = "smokerdet", **extr
     130 interrupted. Never returns: it always exits with ``SystemExit``.
     """
     from smokerdet.cli._output import print_error, setup_logging
+    from smokerdet.cli._signals import interrupts
 
     setup_logging()
     debug = os.environ.get(DEBUG_ENV) == "1"
     root = typer.main.get_command(app)
     assert isinstance(root, _Root)
     try:
-        root.run(args, prog_name, **extra)  # exits itself, unless an error escapes
+        # args is None only for the console script, whose process ends right after.
+        with interrupts(exiting=args is None):
+            root.run(args, prog_name, **extra)  # exits itself, unless an error escapes
         code = 0
     except SmokerdetError as e:
         if debug:

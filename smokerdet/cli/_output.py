@@ -10,7 +10,8 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from smokerdet.errors import SmokerdetError
+from smokerdet.errors import Interrupted, SmokerdetError
 from smokerdet.metrics import BinaryMetrics
 
 if TYPE_CHECKING:
@@ -309,9 +310,10 @@ def render_eval(report: EvalReport) -> None:
 
 @dataclass
 class PredictSummary:
-    """Counts of a predict run."""
+    """Counts of a predict run; ``done`` < ``total`` when it was interrupted."""
 
     total: int = 0
+    done: int = 0
     model: str | None = None
     labelled: int = 0
     smoking: int = 0
@@ -319,95 +321,180 @@ class PredictSummary:
     seconds: float = 0.0
 
 
+def _printable(text: str) -> str:
+    """A path on one line: control characters (a newline in a file name) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class RowTable:
+    """``predict``'s table, printed row by row as images finish (nothing is held back).
+
+    The path column is as wide as the longest path given, so the rows line up without
+    knowing the results; on a terminal it is capped so a row fits, off one never.
+    """
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.console = out()
+        width = max((len(_printable(p)) for p in paths), default=0)
+        if self.console.is_terminal:
+            width = min(width, max(20, self.console.width - 25))
+        self.width = max(width, len("path"))
+
+    def header(self) -> None:
+        self.console.print(f"{'path':<{self.width}}  {'p(smoking)':>10}  label", style="bold")
+
+    def row(self, p: Prediction) -> None:
+        from rich.text import Text
+
+        path = _printable(p.path).ljust(self.width)
+        if p.error is not None:
+            cells = ("-".rjust(10), ("error: " + _printable(p.error), "red"))
+        else:
+            style = "bold red" if p.label == "smoking" else "green"
+            cells = (f"{p.probability:.3f}".rjust(10), (str(p.label), style))
+        self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1]))
+
+
+def _progress(total: int, stack: ExitStack) -> Callable[[], None]:
+    """A bar on stderr for long runs whose rows don't show on a terminal; else a no-op."""
+    if total <= 50 or sys.stdout.isatty():
+        return lambda: None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = stack.enter_context(
+        Progress(
+            TextColumn("predict"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err(),
+            transient=True,
+            redirect_stdout=False,
+        )  # fmt: skip
+    )
+    task = progress.add_task("predict", total=total)
+    return lambda: progress.update(task, advance=1)
+
+
 def render_predictions(
     rows: Iterable[Prediction],
     *,
-    total: int,
+    paths: list[str],
     json_lines: bool,
     csv_path: Path | None,
     only: str | None,
     started: float,
 ) -> PredictSummary:
-    """Stream predictions to JSON Lines / CSV, or collect them into a table; return counts."""
-    import time
-    from contextlib import ExitStack
+    """Stream each prediction as it finishes: a table row, a JSON line and/or a CSV row.
 
-    summary = PredictSummary(total=total)
-    table_rows: list[Prediction] = []
+    ``--only`` keeps the rows with that label and every error row (one row per failed input
+    stays in JSON and CSV). On Ctrl-C the rows already written stay, the summary says how
+    many images they cover, and :class:`~smokerdet.errors.Interrupted` says the same.
+    """
+    import time
+
+    summary = PredictSummary(total=len(paths))
+    to_stdout_csv = csv_path is not None and str(csv_path) == "-"
+    interrupted = False
     with ExitStack() as stack:
         writer = None
         if csv_path is not None:
             f = (
                 sys.stdout
-                if str(csv_path) == "-"
+                if to_stdout_csv
                 else stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8"))
             )
             writer = csv_writer(f)
-        progress = None
-        if total > 50 and not json_lines:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            progress = stack.enter_context(
-                Progress(
-                    TextColumn("predict"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeRemainingColumn(),
-                    console=err(),
-                    transient=True,
-                )
-            )
-            task = progress.add_task("predict", total=total)
-        for row in rows:
-            summary.model = summary.model or row.model
-            if row.error is None:
-                summary.labelled += 1
-                summary.smoking += row.label == "smoking"
-            else:
-                summary.failed += 1
-                if not json_lines:
-                    sys.stderr.write(f"Warning: {row.path}: {row.error}\n")
-            if progress is not None:
-                progress.update(task, advance=1)
-            if only is not None and row.label != only:
-                continue
-            d = row.to_dict()
-            if writer is not None:
-                writer.writerow([d[k] for k in PREDICTION_FIELDS])
-            if json_lines:
-                sys.stdout.write(jsonl_line(d) + "\n")
-                sys.stdout.flush()
-            elif not (writer is not None and f is sys.stdout):
-                table_rows.append(row)
+        table = None if json_lines or to_stdout_csv else RowTable(paths)
+        if table is not None:
+            table.header()
+        advance = _progress(summary.total, stack)
+        try:
+            for row in rows:
+                emit_row(row, summary, writer, table, json_lines, only)
+                advance()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # stops the DataLoader's workers now, not at garbage collection
     summary.seconds = time.perf_counter() - started
-    if not json_lines and not (csv_path is not None and str(csv_path) == "-"):
-        table = Table(show_edge=False)
-        table.add_column("path", overflow="fold")
-        table.add_column("label")
-        table.add_column("p(smoking)", justify="right")
-        for row in table_rows:
-            if row.error:
-                table.add_row(escape(row.path), f"[red]error: {escape(row.error)}[/red]", "-")
-            else:
-                style = "bold red" if row.label == "smoking" else "green"
-                table.add_row(
-                    escape(row.path), f"[{style}]{row.label}[/{style}]", f"{row.probability:.3f}"
-                )
-        out().print(table)
-    rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
-    err().print(
-        (f"model {escape(summary.model)}: " if summary.model else "")
-        + f"{summary.total} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
-        f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
-        f"{rate:.1f} images/s (model loading included)"
-    )
+    _print_summary(summary)
+    if interrupted:
+        raise _interrupted(summary, csv_path if not to_stdout_csv else None)
     return summary
+
+
+def emit_row(
+    row: Prediction,
+    summary: PredictSummary,
+    writer: Any,
+    table: RowTable | None,
+    json_lines: bool,
+    only: str | None,
+) -> None:
+    """Write one prediction everywhere it goes, and count it.
+
+    Ctrl-C waits until this returns (see :mod:`smokerdet.cli._signals`), so a row is in every
+    output or in none, and ``summary.done`` counts exactly the rows written.
+    """
+    _count(summary, row, warn=not json_lines)
+    if only is not None and row.error is None and row.label != only:
+        return
+    d = row.to_dict()
+    if writer is not None:
+        writer.writerow([d[k] for k in PREDICTION_FIELDS])
+    if json_lines:
+        sys.stdout.write(jsonl_line(d) + "\n")
+        sys.stdout.flush()
+    if table is not None:
+        table.row(row)
+
+
+def _count(summary: PredictSummary, row: Prediction, warn: bool) -> None:
+    summary.done += 1
+    summary.model = summary.model or row.model
+    if row.error is None:
+        summary.labelled += 1
+        summary.smoking += row.label == "smoking"
+    else:
+        summary.failed += 1
+        if warn:
+            sys.stderr.write(f"Warning: {_printable(row.path)}: {row.error}\n")
+
+
+def _print_summary(summary: PredictSummary) -> None:
+    rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
+    count = (
+        f"{summary.total}"
+        if summary.done == summary.total
+        else f"{summary.done} of {summary.total}"
+    )
+    sys.stderr.write(
+        (f"model {summary.model}: " if summary.model else "")
+        + f"{count} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
+        f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
+        f"{rate:.1f} images/s (model loading included)\n"
+    )
+
+
+def _interrupted(summary: PredictSummary, csv_file: Path | None) -> Interrupted:
+    where = f"the rows printed{f' and in {csv_file}' if csv_file else ''}"
+    if summary.done == 0:
+        kept = "no image had finished"
+    else:
+        kept = f"{where} are complete for the first {summary.done} images"
+    return Interrupted(
+        f"predict interrupted after {summary.done} of {summary.total} images",
+        hint=f"{kept}; run the same command again to label all {summary.total}",
+    )
 
 
 class DownloadProgress:

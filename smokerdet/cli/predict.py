@@ -38,7 +38,13 @@ CsvOpt = Annotated[
     Path | None,
     typer.Option("--csv", metavar="FILE", help="Also write the rows to this CSV file."),
 ]
-OnlyOpt = Annotated[Only | None, typer.Option("--only", help="Show only images with this label.")]
+OnlyOpt = Annotated[
+    Only | None,
+    typer.Option(
+        "--only",
+        help="Show only images with this label (and those that failed, one row each).",
+    ),
+]
 RecursiveOpt = Annotated[bool, option(PredictConfig, "recursive", "--recursive/--no-recursive")]
 
 
@@ -104,7 +110,7 @@ def predict(
     )
     summary = render_predictions(
         rows,
-        total=len(inputs),
+        paths=[path for path, _ in inputs.items],
         json_lines=json_out,
         csv_path=csv_path,
         only=only.value if only else None,

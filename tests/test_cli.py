@@ -1,6 +1,7 @@
 """The command itself: --help, --version, info, and main()'s error handling."""
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -225,3 +226,72 @@ def test_eval_plots_read_only_folder_fails_before_scoring(runner, model_copy, tm
     assert r.exit_code == 2
     assert f"Error: --plots {locked / 'plots'}: cannot write in {locked}" in r.stderr
     assert "Hint: give --plots a folder you can write to" in r.stderr
+
+
+EVERY_COMMAND = [
+    [],
+    ["info"],
+    ["download"],
+    ["download", "dataset"],
+    ["download", "weights"],
+    ["train"],
+    ["eval"],
+    ["predict"],
+    ["models"],
+    ["models", "list"],
+    ["models", "default"],
+    ["models", "remove"],
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+def test_help_has_no_python_type_names(runner, command):
+    r = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    leaks = re.findall(r"<[\w|\[\], ]+>|list\[|\[\[", r.stdout)
+    assert not leaks, f"{leaks} in\n{r.stdout}"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "--split", "bogus"], "'--split' / '-s': 'bogus' is not one of 'test', 'val',"),
+        (["predict", "x.jpg", "--only", "bogus"], "'--only': 'bogus' is not one of 'smoking',"),
+        (["eval", "--device", "tpu"], "'--device': 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    ],
+)
+def test_a_bad_choice_is_a_plain_usage_error(runner, args, message):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and f"Error: Invalid value for {message}" in r.stderr
+    assert "Value error" not in r.stderr
+
+
+def test_shared_options_speak_for_their_command(runner):
+    train_help = runner.invoke(app, ["train", "--help"], terminal_width=200).stdout
+    eval_help = runner.invoke(app, ["eval", "--help"], terminal_width=200).stdout
+    assert "Random seed (data split, init, augmentation)" in train_help
+    assert "(data split, init, augmentation)" not in eval_help
+    assert "Seed of the split of a folder without split folders" in eval_help
+    model_help = "Default: the model chosen with `smokerdet models default`, else the shipped model"
+    for command in ("eval", "predict"):
+        text = runner.invoke(app, [command, "--help"], terminal_width=300).stdout
+        assert model_help in " ".join(text.split()), command
+
+
+def test_bare_smokerdet_prints_help_and_exits_0(runner):
+    r = runner.invoke(app, [])
+    assert r.exit_code == 0 and r.stdout.startswith("Usage: smokerdet [OPTIONS] COMMAND")
+    assert "models" in r.stdout and "predict" in r.stdout
+
+
+def test_shell_completion(runner):
+    r = runner.invoke(app, ["--show-completion", "bash"])
+    assert r.exit_code == 0 and "_SMOKERDET_COMPLETE=complete_bash" in r.stdout
+    for words, cword, expected in (
+        ("smokerdet mod", "1", "models"),
+        ("smokerdet models d", "2", "default"),
+        ("smokerdet predict --only ", "3", "smoking\nnot_smoking"),
+    ):
+        env = {"_SMOKERDET_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        r = runner.invoke(app, [], env=env, prog_name="smokerdet")
+        assert r.exit_code == 0 and r.stdout.strip() == expected, words

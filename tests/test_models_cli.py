@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,8 @@ def test_models_alone_shows_its_help(runner):
 def test_training_never_changes_the_default_and_says_how_to_use_the_model(runner, flat_data):
     r = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--name", "fresh"])
     assert r.exit_code == 0, r.output
+    assert "\n\n" not in r.stderr  # no blank line before each epoch row off a terminal
+    assert re.search(r"^Data .*: train \d+\+\d+, val \d+\+\d+, test \d+\+\d+$", r.stderr, re.M)
     assert r.stderr.rstrip().splitlines()[-1] == (
         "use it with: smokerdet predict --model fresh PHOTOS... or smokerdet models default fresh"
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -44,9 +44,21 @@ class _Root(TyperGroup):
     ) -> None:
         main(args, prog_name=prog_name or "smokerdet", **extra)
 
-    def run(self, args: Sequence[str] | None, prog_name: str, **extra: Any) -> None:
-        """Click's own run: usage errors, ``--help`` and ``typer.Exit`` become exit codes."""
-        super().main(args, prog_name, **extra)
+    def run(self, args: Sequence[str] | None, prog_name: str, **extra: Any) -> NoReturn:
+        """Click's own run: usage errors, ``--help`` and ``typer.Exit`` become exit codes.
+
+        Usage errors are shown as click shows them, less the ``Value error, `` that Typer's
+        validation puts before a bad choice.
+        """
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # click's usage errors, vendored by Typer
+            e.message = e.message.removeprefix("Value error, ")  # type: ignore[attr-defined]
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        except typer.Abort:  # Ctrl-C before or after the command ran (while parsing)
+            raise Interrupted("smokerdet interrupted", hint=DEFAULT_INTERRUPT_HINT) from None
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         # Ctrl-C says which command stopped and how to go on (click would only exit 130).
@@ -101,12 +113,13 @@ def _root(
 
 def _register() -> None:
     from smokerdet.cli import download, eval, info, models, predict, train
+    from smokerdet.cli._options import Command
 
-    app.command("info")(info.info)
+    app.command("info", cls=Command)(info.info)
     app.add_typer(download.app, name="download")
-    app.command("train")(train.train)
-    app.command("eval")(eval.eval_)
-    app.command("predict")(predict.predict)
+    app.command("train", cls=Command)(train.train)
+    app.command("eval", cls=Command)(eval.eval_)
+    app.command("predict", cls=Command)(predict.predict)
     app.add_typer(models.app, name="models")
 
 

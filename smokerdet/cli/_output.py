@@ -46,8 +46,9 @@ def out() -> Console:
 
 
 def err() -> Console:
-    """Console on stderr, for progress and warnings."""
-    return Console(file=sys.stderr, highlight=False)
+    """Console on stderr, for progress and warnings; like :func:`out`, unwrapped off a terminal."""
+    width = None if sys.stderr.isatty() else PIPE_WIDTH
+    return Console(file=sys.stderr, highlight=False, width=width)
 
 
 def print_json(obj: object) -> None:
@@ -243,6 +244,8 @@ class RichTrainReporter:
         )
 
     def on_epoch_start(self, epoch: int, total: int, steps: int, phase: str) -> None:
+        if not self.console.is_terminal:
+            return  # off a terminal a live bar only leaves blank lines; the epoch rows say it
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -264,10 +267,13 @@ class RichTrainReporter:
         self.task = self.progress.add_task("train", total=steps, loss="-")
 
     def on_step(self, loss: float) -> None:
-        self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
 
     def on_epoch_end(self, s: EpochStats) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
         mark = " *" if s.improved else (" (probe)" if s.phase == "probe" else "")
         self.console.print(
             f"{s.epoch:>5} {s.train_loss:>7.4f} {fmt(s.val_loss):>7} {fmt(s.val_accuracy):>6} "

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from smokerdet.cli._options import JsonOpt
+from smokerdet.cli._options import Command, JsonOpt
 
 SourceOpt = Annotated[
     str | None,
@@ -145,7 +145,7 @@ def download(
     _run(None, [], source=source, force=force, allow_partial=allow_partial, json_out=json_out)
 
 
-@app.command("dataset")
+@app.command("dataset", cls=Command)
 def dataset(
     source: SourceOpt = None,
     from_path: Annotated[
@@ -180,7 +180,7 @@ def dataset(
     )
 
 
-@app.command("weights")
+@app.command("weights", cls=Command)
 def weights(
     archs: Annotated[
         list[str] | None,

@@ -25,7 +25,9 @@ from smokerdet.config import EvalConfig
 if TYPE_CHECKING:
     from smokerdet.evaluate import EvalReport
 
-SplitOpt = Annotated[Split, option(EvalConfig, "split", "--split", "-s")]
+SplitOpt = Annotated[
+    Split, option(EvalConfig, "split", "--split", "-s", metavar="[test|val|train|all]")
+]
 SeedOpt = Annotated[int, option(EvalConfig, "seed")]
 PlotsOpt = Annotated[
     Path | None,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from smokerdet.cli._options import JsonOpt
+from smokerdet.cli._options import Command, JsonOpt
 
 app = typer.Typer(
     help="List the models, choose the one that answers by default, remove one.",
@@ -30,7 +30,7 @@ def _models(ctx: typer.Context) -> None:
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name from `models list`.")]
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_(json_out: JsonOpt = False) -> None:
     """Show every model and which one answers by default.
 
@@ -50,11 +50,11 @@ def list_(json_out: JsonOpt = False) -> None:
     print_json([m.to_dict() for m in models]) if json_out else render_models(models)
 
 
-@app.command("default")
+@app.command("default", cls=Command)
 def default(
     name: Annotated[
         str | None,
-        typer.Argument(metavar="[NAME]", help="The model to use when no --model is given."),
+        typer.Argument(metavar="NAME", help="The model to use when no --model is given."),
     ] = None,
     reset: Annotated[
         bool, typer.Option("--reset", help="Go back to the model shipped with smokerdet.")
@@ -94,7 +94,7 @@ def default(
     )
 
 
-@app.command("remove")
+@app.command("remove", cls=Command)
 def remove(name: NameArg) -> None:
     """Delete a trained model's folder. The shipped model cannot be removed.
 

@@ -42,6 +42,7 @@ OnlyOpt = Annotated[
     Only | None,
     typer.Option(
         "--only",
+        metavar="[smoking|not_smoking]",
         help="Show only images with this label (and those that failed, one row each).",
     ),
 ]

@@ -362,8 +362,12 @@ class RowTable:
 
 
 def _progress(total: int, stack: ExitStack) -> Callable[[], None]:
-    """A bar on stderr for long runs whose rows don't show on a terminal; else a no-op."""
-    if total <= 50 or sys.stdout.isatty():
+    """A bar on a terminal's stderr for long runs whose rows go elsewhere; else a no-op.
+
+    Rows printed on a terminal show the progress themselves; a bar on a redirected stderr
+    would only leave blank lines in the log.
+    """
+    if total <= 50 or sys.stdout.isatty() or not sys.stderr.isatty():
         return lambda: None
     from rich.progress import (
         BarColumn,

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,46 +28,60 @@ ROOT = Path(__file__).resolve().parent.parent
 LEAKS = ("Traceback", "Exception ignored", "KeyboardInterrupt")
 
 
-def _start(args: list[str], home: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "SMOKERDET_HOME": str(home),
-        "PYTHONUNBUFFERED": "1",  # rows reach the pipe as they are printed
-        "PYTHONPATH": str(ROOT),
-    }
-    env.pop("SMOKERDET_DEBUG", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "smokerdet", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # its own process group, like a shell job
-    )
+class Run:
+    """A command in its own process group, its stdout and stderr collected line by line by
+    threads, so waiting for a phase or for the end has a deadline and never deadlocks."""
 
+    def __init__(self, args: list[str], home: Path) -> None:
+        env = {
+            **os.environ,
+            "SMOKERDET_HOME": str(home),
+            "PYTHONUNBUFFERED": "1",  # rows reach the pipe as they are printed
+            "PYTHONPATH": str(ROOT),
+        }
+        env.pop("SMOKERDET_DEBUG", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smokerdet", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,  # its own process group, like a shell job
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [
+            threading.Thread(target=self._collect, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for reader in self.readers:
+            reader.start()
 
-def _read_until(stream, done, limit_s: float = 120) -> list[str]:
-    """Lines of ``stream`` up to the first for which ``done(lines)`` is true."""
-    lines: list[str] = []
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        lines.append(line)
-        if done(lines):
-            return lines
-    pytest.fail(f"the phase was never reached; got {''.join(lines)!r}")
+    @staticmethod
+    def _collect(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
 
+    def wait_for(self, reached, limit_s: float = 180) -> None:
+        """Return once ``reached()`` is true; fail if the command ends or time runs out first."""
+        deadline = time.monotonic() + limit_s
+        while not reached():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"phase not reached:\n{''.join(self.out)}\n{''.join(self.err)}")
+            time.sleep(0.02)
 
-def _ctrl_c(proc: subprocess.Popen) -> tuple[str, str]:
-    os.killpg(proc.pid, signal.SIGINT)
-    # Read through the same buffered streams as _read_until (communicate() would skip what
-    # they already hold). stderr is a few lines: it cannot fill its pipe meanwhile.
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    proc.wait(timeout=120)
-    return out, err
+    def ctrl_c(self, limit_s: float = 120) -> tuple[str, str]:
+        """SIGINT to the whole group, as a terminal sends it; then stdout and stderr."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            pytest.fail(f"still running {limit_s}s after Ctrl-C:\n{''.join(self.err)}")
+        for reader in self.readers:
+            reader.join(timeout=10)
+        return "".join(self.out), "".join(self.err)
 
 
 def _assert_clean(err: str) -> None:
@@ -85,12 +100,12 @@ def many_photos(tmp_path: Path) -> Path:
 
 def test_predict_table_keeps_the_rows_it_printed(tmp_path, many_photos):
     # The shipped model at 256 px, with 2 worker processes: slow enough to stop mid-run.
-    proc = _start(["predict", str(many_photos), "--workers", "2"], tmp_path / "home")
-    head = _read_until(proc.stdout, lambda lines: len(lines) >= 6)  # the header and 5 rows
-    out, err = _ctrl_c(proc)
-    assert proc.returncode == 130, err
+    run = Run(["predict", str(many_photos), "--workers", "2"], tmp_path / "home")
+    run.wait_for(lambda: len(run.out) >= 6)  # the header and 5 rows
+    out, err = run.ctrl_c()
+    assert run.proc.returncode == 130, err
     _assert_clean(err)
-    rows = [line for line in (head + out.splitlines(keepends=True))[1:] if line.strip()]
+    rows = [line for line in out.splitlines(keepends=True)[1:] if line.strip()]
     done = int(re.search(r"predict interrupted after (\d+) of 300 images", err).group(1))
     assert 5 <= done < 300 and len(rows) == done
     for i, row in enumerate(rows):  # every row printed is whole, in input order
@@ -109,10 +124,10 @@ def test_predict_table_keeps_the_rows_it_printed(tmp_path, many_photos):
 def test_predict_csv_file_keeps_its_rows(tmp_path, many_photos):
     csv_file = tmp_path / "out.csv"
     args = ["predict", str(many_photos), "--workers", "2", "--json", "--csv", str(csv_file)]
-    proc = _start(args, tmp_path / "home")
-    _read_until(proc.stdout, lambda lines: len(lines) >= 5)
-    out, err = _ctrl_c(proc)
-    assert proc.returncode == 130, err
+    run = Run(args, tmp_path / "home")
+    run.wait_for(lambda: len(run.out) >= 5)
+    out, err = run.ctrl_c()
+    assert run.proc.returncode == 130, err
     _assert_clean(err)
     done = int(re.search(r"after (\d+) of 300 images", err).group(1))
     assert len(csv_file.read_text().splitlines()) == done + 1  # and the header
@@ -120,18 +135,18 @@ def test_predict_csv_file_keeps_its_rows(tmp_path, many_photos):
 
 
 def _children(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:  # it has ended: wait_for says so
+        return []
 
 
 def test_eval_interrupted_while_scoring(tmp_path):
     data = write_flat(tmp_path / "data", n_per_class=150, size=48)
-    proc = _start(["eval", "--data", str(data), "--split", "all", "--workers", "2"], tmp_path / "h")
-    deadline = time.monotonic() + 120
-    while len(_children(proc.pid)) < 2:  # scoring has started: its workers are up
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    out, err = _ctrl_c(proc)
-    assert proc.returncode == 130, err
+    run = Run(["eval", "--data", str(data), "--split", "all", "--workers", "2"], tmp_path / "h")
+    run.wait_for(lambda: len(_children(run.proc.pid)) >= 2)  # scoring started: workers are up
+    out, err = run.ctrl_c()
+    assert run.proc.returncode == 130, err
     _assert_clean(err)
     assert out == ""  # no half report
     assert "Error: eval interrupted" in err
@@ -142,10 +157,10 @@ def test_train_interrupted_after_an_epoch_keeps_it(tmp_path):
     data = write_flat(tmp_path / "data", n_per_class=40)
     args = [*TINY_TRAIN_ARGS, "--data", str(data), "--name", "stopped", "--workers", "1"]
     args[args.index("--epochs") + 1] = "200"
-    proc = _start([*args, "--patience", "0"], tmp_path / "home")
-    _read_until(proc.stderr, lambda lines: re.match(r"\s+1\s+\d", lines[-1]) is not None)
-    out, err = _ctrl_c(proc)
-    assert proc.returncode == 130, err
+    run = Run([*args, "--patience", "0"], tmp_path / "home")
+    run.wait_for(lambda: any(re.match(r"\s+1\s+\d", line) for line in run.err))  # epoch 1
+    out, err = run.ctrl_c()
+    assert run.proc.returncode == 130, err
     _assert_clean(err)
     assert re.search(r"Error: training of stopped interrupted during epoch \d+; epochs 1-", err)
     assert "Hint: resume with: smokerdet train --resume stopped" in err

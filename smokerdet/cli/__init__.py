@@ -53,6 +53,8 @@ class _Root(TyperGroup):
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except typer.TyperException as e:  # click's usage errors, vendored by Typer
+            if not hasattr(e, "show"):
+                raise
             e.message = e.message.removeprefix("Value error, ")  # type: ignore[attr-defined]
             e.show()  # type: ignore[attr-defined]
             sys.exit(e.exit_code)  # type: ignore[attr-defined]

@@ -3,7 +3,9 @@
 Python raises ``KeyboardInterrupt`` wherever the main thread happens to be. When that is a
 destructor (a DataLoader iterator's ``__del__`` joining its workers), Python cannot raise it:
 it prints ``Exception ignored in ... __del__`` with a traceback and carries on, so the
-interrupt is lost and the user sees internals. The handler here sees where the signal landed
+interrupt is lost and the user sees internals; the same happens in an at-fork handler while a
+worker process starts. Such an interrupt is caught by ``sys.unraisablehook`` and delivered
+again a moment later. The handler here sees where the signal landed
 and, in cleanup, delivers the interrupt a moment later instead; the same holds inside a step
 that must be whole (one prediction row written to every output). In a forked DataLoader worker
 it does nothing: the main process stops its workers itself.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +43,7 @@ class _Handler:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.pending = False
+        self.previous_hook: Any = sys.unraisablehook
 
     def on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:  # a forked worker: the main process shuts it down
@@ -54,6 +58,15 @@ class _Handler:
     def on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if self.pending:
             self.on_sigint(signum, frame)
+
+    def on_unraisable(self, unraisable: Any) -> None:
+        """A KeyboardInterrupt Python could not raise (it landed in an at-fork handler, a
+        destructor...): no traceback; the interrupt is delivered again a moment later."""
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and os.getpid() == self.pid:
+            self.pending = True
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+            return
+        self.previous_hook(unraisable)
 
 
 @contextmanager
@@ -71,6 +84,8 @@ def interrupts(*, exiting: bool) -> Iterator[None]:
         yield
         return
     handler = _Handler()
+    handler.previous_hook = sys.unraisablehook
+    sys.unraisablehook = handler.on_unraisable
     previous: dict[int, Any] = {
         signal.SIGINT: signal.signal(signal.SIGINT, handler.on_sigint),
         signal.SIGALRM: signal.signal(signal.SIGALRM, handler.on_alarm),
@@ -80,6 +95,7 @@ def interrupts(*, exiting: bool) -> Iterator[None]:
     finally:
         handler.pending = False
         signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.unraisablehook = handler.previous_hook
         if exiting:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         else:

@@ -22,16 +22,21 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-#: Functions a KeyboardInterrupt waits for: in the first two it would be swallowed or would
-#: break a shutdown; in ``emit_row`` it would leave a row in one output and not another.
-DEFERRING_FUNCTIONS = frozenset({"__del__", "_shutdown_workers", "emit_row"})
+#: Functions a KeyboardInterrupt waits for (by name or qualified name): in ``__del__`` it is
+#: swallowed; in ``_shutdown_workers`` it breaks a shutdown; in the multiprocessing iterator's
+#: ``__init__`` it leaves a half-built iterator whose ``__del__`` then fails with a traceback
+#: (torch); in ``emit_row`` it would leave a row in one output and not another.
+DEFERRING_FUNCTIONS = frozenset(
+    {"__del__", "_shutdown_workers", "_MultiProcessingDataLoaderIter.__init__", "emit_row"}
+)
 #: How long a deferred interrupt waits before it is tried again, in seconds.
 RETRY_S = 0.05
 
 
 def _must_wait(frame: FrameType | None) -> bool:
     while frame is not None:
-        if frame.f_code.co_name in DEFERRING_FUNCTIONS:
+        code = frame.f_code
+        if {code.co_name, getattr(code, "co_qualname", "")} & DEFERRING_FUNCTIONS:
             return True
         frame = frame.f_back
     return False

@@ -24,6 +24,10 @@ COMMANDS = [
     "predict",
     "serve",
     "export",
+    "models",
+    "models list",
+    "models default",
+    "models remove",
 ]
 
 

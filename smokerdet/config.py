@@ -193,8 +193,8 @@ class ScoringConfig:
     """Options shared by the commands that score images with a trained model."""
 
     model: str | None = None
-    """Model name, folder, .onnx file, 'latest' or 'default'. Default: the model chosen with
-    `smokerdet models default`, else the model shipped with smokerdet."""
+    """Model name, folder, .onnx file, 'latest' or 'default' (the shipped model). Default: the
+    model chosen with `smokerdet models default`, else the shipped model."""
     threshold: float | None = None
     """Probability from which a photo is 'smoking'. Default: the model's."""
     batch_size: int | None = None

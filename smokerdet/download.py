@@ -44,7 +44,6 @@ __all__ = [
     "WeightsResult",
     "download_all",
     "download_dataset",
-    "download_plan",
     "download_weights",
     "extract_archive",
     "list_status",
@@ -435,41 +434,6 @@ def download_all(
         imported = from_path if what == "weights" else None
         parts += [_weights_part(a, imported, force) for a in (archs or [DEFAULT_ARCH])]
     return DownloadReport(parts)
-
-
-def download_plan(
-    what: str | None,
-    archs: list[str],
-    *,
-    source: str | None = None,
-    from_path: str | os.PathLike[str] | None = None,
-    force: bool = False,
-    allow_partial: bool = False,
-    progress: Callable[[int, int | None], None] | None = None,
-) -> dict[str, Any]:
-    """The previous shape of :func:`download_all`, for the CLI until it renders the report.
-
-    Every part is tried; then the first failure is raised, else the old dict is returned.
-    """
-    report = download_all(
-        what,
-        archs,
-        source=source,
-        from_path=from_path,
-        force=force,
-        allow_partial=allow_partial,
-        progress=progress,
-    )
-    for p in report.parts:
-        if p.error is not None:
-            raise p.error
-    out: dict[str, Any] = {}
-    for p in report.parts:
-        if p.dataset is not None:
-            out["dataset"] = p.dataset.to_dict()
-        if p.weights is not None:
-            out.setdefault("weights", []).append(p.weights.to_dict())
-    return out
 
 
 def list_status() -> dict[str, Any]:

@@ -118,7 +118,10 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def model_copy(trained_model: Path, smokerdet_home: Path) -> Path:
-    """The tiny model copied into this test's data dir, so it is the 'latest' one there."""
+    """The tiny model copied into this test's data dir as ``tiny``: the 'latest' trained one.
+
+    It does not answer by default (the shipped model does): pass ``--model tiny``.
+    """
     dest = smokerdet_home / "models" / "tiny"
     shutil.copytree(trained_model, dest)
     return dest

@@ -34,7 +34,7 @@ def test_atomic_write_replaces_or_keeps_the_old_file(tmp_path, monkeypatch):
 def test_round_trip(model_copy):
     loaded = load_model("tiny")
     assert loaded.meta.arch == "resnet10t" and loaded.name == "tiny"
-    assert resolve_model(None) == ("tiny", model_copy)
+    assert resolve_model("tiny") == resolve_model("latest") == ("tiny", model_copy)
     assert resolve_model(str(model_copy / "model.json"))[1] == model_copy
 
 

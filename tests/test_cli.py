@@ -1,6 +1,7 @@
 """The command itself: --help, --version, info, and main()'s error handling."""
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -22,7 +23,18 @@ def test_version(runner):
 
 @pytest.mark.parametrize(
     "command",
-    ["train", "eval", "predict", "info", "download", "download dataset", "download weights"],
+    [
+        "train",
+        "eval",
+        "predict",
+        "info",
+        "download",
+        "download dataset",
+        "download weights",
+        "models list",
+        "models default",
+        "models remove",
+    ],
 )
 def test_each_command_help_has_an_example(runner, command):
     r = runner.invoke(app, [*command.split(), "--help"])
@@ -45,7 +57,7 @@ def test_info_json(runner, smokerdet_home, model_copy):
     assert set(info["versions"]) == {"smokerdet", "torch", "timm"}
     assert info["device"] in ("cpu", "cuda", "mps")
     assert info["models"][0]["name"] == "tiny"
-    assert info["active_model"]["name"] == "tiny"
+    assert info["active_model"]["name"] == "default"  # training never changes the default
     r = runner.invoke(app, ["info"])
     assert "active model" in r.stdout and "tiny" in r.stdout
 
@@ -145,6 +157,13 @@ def test_download_sub_command_usage_errors(runner):
     assert r.exit_code == 2 and "--from imports weights for exactly one ARCH" in r.stderr
     r = runner.invoke(app, ["download", "dataset", "resnet50"])
     assert r.exit_code == 2 and "unexpected extra argument" in r.stderr
+    for args in (
+        ["download", "weights", "resnet50", "--source", "github"],
+        ["download", "--source", "github", "weights"],
+    ):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "--source" in r.stderr and "for the dataset" in r.stderr
+        assert "Traceback" not in r.stderr
 
 
 def test_main_maps_usage_errors_and_unexpected_ones(monkeypatch, capsys):
@@ -152,3 +171,129 @@ def test_main_maps_usage_errors_and_unexpected_ones(monkeypatch, capsys):
     assert "No such command 'frobnicate'" in capsys.readouterr().err
     assert _run_main(monkeypatch, ["--version"]) == 0
     assert capsys.readouterr().out == f"smokerdet {__version__}\n"
+
+
+def test_eval_plots_writes_four_pngs_that_decode(runner, model_copy, flat_data, tmp_path):
+    from PIL import Image
+
+    from smokerdet.plots import DPI, EVAL_FILES, FIGSIZE
+
+    plots = tmp_path / "plots"
+    args = ["eval", "--model", "tiny", "--data", str(flat_data), "--split", "all"]
+    r = runner.invoke(app, [*args, "--plots", str(plots), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"] == "tiny"
+    assert sorted(p.name for p in plots.iterdir()) == sorted(EVAL_FILES)
+    for name in EVAL_FILES:
+        assert f"Wrote {plots / name}" in r.stderr
+        with Image.open(plots / name) as im:
+            im.load()
+            assert im.format == "PNG" and im.size == (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI)
+
+
+def test_eval_plots_folder_that_cannot_be_written_fails_before_scoring(
+    runner, model_copy, tmp_path
+):
+    # --data names nothing: had eval scored first, the error would be about the dataset.
+    args = ["eval", "--model", "tiny", "--data", str(tmp_path / "none")]
+    r = runner.invoke(app, [*args, "--plots", str(tmp_path / "no" / "such" / "plots")])
+    assert r.exit_code == 2
+    assert f"Error: --plots {tmp_path / 'no' / 'such' / 'plots'}: the folder" in r.stderr
+    assert "does not exist" in r.stderr and "Hint: create it first" in r.stderr
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, [*args, "--plots", str(tmp_path / "file")])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.stderr
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write in: read-only bits, or /sys for root (who ignores them)."""
+    import tempfile
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    for folder in (locked, Path("/sys")):
+        try:
+            tempfile.NamedTemporaryFile(dir=folder).close()
+        except OSError:
+            return folder
+    pytest.skip("no folder here refuses writes")
+
+
+def test_eval_plots_read_only_folder_fails_before_scoring(runner, model_copy, tmp_path):
+    locked = _unwritable_folder(tmp_path)
+    args = ["eval", "--model", "tiny", "--data", str(tmp_path / "none")]
+    r = runner.invoke(app, [*args, "--plots", str(locked / "plots")])
+    assert r.exit_code == 2
+    assert f"Error: --plots {locked / 'plots'}: cannot write in {locked}" in r.stderr
+    assert "Hint: give --plots a folder you can write to" in r.stderr
+
+
+EVERY_COMMAND = [
+    [],
+    ["info"],
+    ["download"],
+    ["download", "dataset"],
+    ["download", "weights"],
+    ["train"],
+    ["eval"],
+    ["predict"],
+    ["models"],
+    ["models", "list"],
+    ["models", "default"],
+    ["models", "remove"],
+    ["serve"],
+    ["export"],
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+def test_help_has_no_python_type_names(runner, command):
+    r = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    leaks = re.findall(r"<[\w|\[\], ]+>|list\[|\[\[", r.stdout)
+    assert not leaks, f"{leaks} in\n{r.stdout}"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "--split", "bogus"], "'--split' / '-s': 'bogus' is not one of 'test', 'val',"),
+        (["predict", "x.jpg", "--only", "bogus"], "'--only': 'bogus' is not one of 'smoking',"),
+        (["eval", "--device", "tpu"], "'--device': 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    ],
+)
+def test_a_bad_choice_is_a_plain_usage_error(runner, args, message):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and f"Error: Invalid value for {message}" in r.stderr
+    assert "Value error" not in r.stderr
+
+
+def test_shared_options_speak_for_their_command(runner):
+    train_help = runner.invoke(app, ["train", "--help"], terminal_width=200).stdout
+    eval_help = runner.invoke(app, ["eval", "--help"], terminal_width=200).stdout
+    assert "Random seed (data split, init, augmentation)" in train_help
+    assert "(data split, init, augmentation)" not in eval_help
+    assert "Seed of the split of a folder without split folders" in eval_help
+    model_help = "Default: the model chosen with `smokerdet models default`, else the shipped model"
+    for command in ("eval", "predict"):
+        text = runner.invoke(app, [command, "--help"], terminal_width=300).stdout
+        assert model_help in " ".join(text.split()), command
+
+
+def test_bare_smokerdet_prints_help_and_exits_0(runner):
+    r = runner.invoke(app, [])
+    assert r.exit_code == 0 and r.stdout.startswith("Usage: smokerdet [OPTIONS] COMMAND")
+    assert "models" in r.stdout and "predict" in r.stdout
+
+
+def test_shell_completion(runner):
+    r = runner.invoke(app, ["--show-completion", "bash"])
+    assert r.exit_code == 0 and "_SMOKERDET_COMPLETE=complete_bash" in r.stdout
+    for words, cword, expected in (
+        ("smokerdet mod", "1", "models"),
+        ("smokerdet models d", "2", "default"),
+        ("smokerdet predict --only ", "3", "smoking\nnot_smoking"),
+    ):
+        env = {"_SMOKERDET_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        r = runner.invoke(app, [], env=env, prog_name="smokerdet")
+        assert r.exit_code == 0 and r.stdout.strip() == expected, words

@@ -173,7 +173,9 @@ def test_download_by_url_verifies_structure_and_warns_on_reencoded_bytes(
     server.files["/ds.zip"] = dataset_zip
     r = runner.invoke(app, ["download", "dataset", "--source", server.url("/ds.zip"), "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)["dataset"]
+    report = json.loads(r.stdout)
+    assert report["ok"] and [p["result"] for p in report["parts"]] == ["installed"]
+    out = report["parts"][0]["dataset"]
     assert out["verify"]["per_split"] == {"train": 716, "val": 180, "test": 224}
     assert out["verify"]["hashes_matched"] == 0 and out["verify"]["structure_ok"]
     assert "1120 of 1120 files differ from the published bytes" in out["notes"][0]
@@ -245,7 +247,7 @@ def test_http_errors(runner, server, status, message):
     server.status["/x.zip"] = status
     r = runner.invoke(app, ["download", "dataset", "--source", server.url("/x.zip")])
     assert r.exit_code == 1
-    assert f"Error: {message}" in r.stderr and server.url("/x.zip") in r.stderr
+    assert f"Error: dataset: {message}" in r.stderr and server.url("/x.zip") in r.stderr
     assert "Hint:" in r.stderr
 
 
@@ -622,7 +624,7 @@ def test_no_network_hints_at_from_and_hf_endpoint(hub, server, smokerdet_home, m
 def test_weights_download_then_pretrained_loads_those_tensors(runner, hub, server, monkeypatch):
     r = runner.invoke(app, ["download", "weights", "resnet10t", "--json"])
     assert r.exit_code == 0, r.output
-    w = json.loads(r.stdout)["weights"][0]
+    w = json.loads(r.stdout)["parts"][0]["weights"]
     assert w["tag"] == "resnet10t.c3_in1k" and not w["already_present"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert backbone_equal(create_model("resnet10t", pretrained=True), hub)
@@ -647,7 +649,7 @@ def test_wrong_arch_import_names_the_file_and_no_internal_path(runner, tmp_path,
     src.write_bytes(safetensors_bytes(sd))
     r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(src)])
     assert r.exit_code == 1
-    assert f"Error: {src} does not fit resnet10t" in r.stderr
+    assert f"Error: weights resnet10t: {src} does not fit resnet10t" in r.stderr
     assert ".incoming" not in r.stderr and "--arch" not in r.stderr
     assert (
         f"Hint: give the architecture the file was saved from: smokerdet download weights ARCH --from {src}"
@@ -692,6 +694,28 @@ def test_download_tries_every_part_and_reports_each(hub, server, smokerdet_home)
     assert "unknown architecture" in unknown.message and "--source" not in (unknown.hint or "")
     assert not report.ok and report.exit_code == 1
     assert sorted(p.name for p in smokerdet_home.iterdir()) == ["weights"]  # no empty datasets/
+
+
+def test_download_cli_tables_every_part_and_errors_each_failure(runner, hub, server):
+    url = server.url("/nothing.zip")
+    r = runner.invoke(app, ["download", "--source", url])
+    assert r.exit_code == 1
+    rows = [[c.strip() for c in line.split("│")[1:4]] for line in r.stdout.splitlines()]
+    rows = [row for row in rows if row]  # the table's body: part, source, result
+    assert rows[0] == ["dataset", url, "failed"] and rows[1][0::2] == ["weights resnet50", "failed"]
+    assert "part" in r.stdout and "message" in r.stdout  # the header
+    assert "Error: dataset: HTTP 404" in r.stderr
+    assert "Error: weights resnet50: " in r.stderr
+    assert r.stderr.count("Hint:") == 2 and "--source" not in r.stderr.split("weights resnet50")[1]
+    r = runner.invoke(app, ["download", "weights", "resnet10t", "nosuchnet", "--json"])
+    assert r.exit_code == 1
+    report = json.loads(r.stdout)
+    assert report["ok"] is False
+    assert [(p["part"], p["result"]) for p in report["parts"]] == [
+        ("weights resnet10t", "installed"),
+        ("weights nosuchnet", "failed"),
+    ]
+    assert "Error: weights nosuchnet: unknown architecture" in r.stderr
 
 
 def test_every_dataset_source_failing_gives_one_line_each(server, monkeypatch):

@@ -31,7 +31,7 @@ def photos(tmp_path: Path) -> Path:
 
 
 def test_directory_is_walked_recursively_by_extension(runner, model_copy, photos):
-    r = runner.invoke(app, ["predict", str(photos), "--json"])
+    r = runner.invoke(app, ["predict", str(photos), "--json", "--model", "tiny"])
     assert r.exit_code == 0, r.output
     rows = jsonl(r.stdout)
     assert len(rows) == 6
@@ -40,7 +40,7 @@ def test_directory_is_walked_recursively_by_extension(runner, model_copy, photos
         assert set(row) == {"path", "label", "probability", "threshold", "model", "error"}
         assert row["label"] in ("smoking", "not_smoking") and row["error"] is None
         assert 0.0 <= row["probability"] <= 1.0 and row["model"] == "tiny"
-    r = runner.invoke(app, ["predict", str(photos), "--json", "--no-recursive"])
+    r = runner.invoke(app, ["predict", str(photos), "--json", "--no-recursive", "-m", "tiny"])
     assert len(jsonl(r.stdout)) == 3
 
 
@@ -127,11 +127,41 @@ def test_only_filters_rows(runner, model_copy, photos):
     assert len(jsonl(r.stdout)) == 6
 
 
+def test_only_keeps_error_rows_in_json_and_csv(runner, model_copy, photos, tmp_path):
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    missing = photos / "missing.jpg"
+    out = tmp_path / "only.csv"
+    args = ["predict", str(photos), str(missing), "--threshold", "0", "--only", "not_smoking"]
+    r = runner.invoke(app, [*args, "--json", "--csv", str(out), "-m", "tiny"])
+    assert r.exit_code == 3, r.output
+    rows = jsonl(r.stdout)  # every image is "smoking" at threshold 0: only the failures stay
+    assert sorted(Path(x["path"]).name for x in rows) == ["broken.jpg", "missing.jpg"]
+    assert all(x["error"] and x["label"] is None for x in rows)
+    csv_rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [x["path"] for x in csv_rows] == [x["path"] for x in rows]
+    r = runner.invoke(app, [*args, "-m", "tiny"])  # the table keeps them too
+    assert r.exit_code == 3 and "broken.jpg" in r.stdout and "error: " in r.stdout
+
+
+def test_table_off_a_terminal_is_one_line_per_image_with_full_paths(runner, model_copy, tmp_path):
+    deep = tmp_path / ("a-rather-long-folder-name-" * 6) / "photos"
+    deep.mkdir(parents=True)
+    for i in range(3):
+        synthetic_image(i % 2, i).save(deep / f"photo_{i}.jpg")
+    r = runner.invoke(app, ["predict", str(deep), "-m", "tiny"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["path", "p(smoking)", "label"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        str(deep / f"photo_{i}.jpg") for i in range(3)
+    ]
+    assert r.stderr.startswith("model tiny: 3 images, ")
+
+
 def test_threshold_override_changes_labels_not_probabilities(runner, model_copy, photos):
-    default = jsonl(runner.invoke(app, ["predict", str(photos), "--json"]).stdout)
-    lowered = jsonl(
-        runner.invoke(app, ["predict", str(photos), "--json", "--threshold", "0.0"]).stdout
-    )
+    args = ["predict", str(photos), "--json", "--model", "tiny"]
+    default = jsonl(runner.invoke(app, args).stdout)
+    lowered = jsonl(runner.invoke(app, [*args, "--threshold", "0.0"]).stdout)
     assert [x["probability"] for x in default] == [x["probability"] for x in lowered]
     assert all(x["threshold"] == 0.0 and x["label"] == "smoking" for x in lowered)
     meta = json.loads((model_copy / "model.json").read_text())
@@ -145,14 +175,15 @@ def test_bad_threshold_is_a_usage_error(runner, model_copy, photos):
 
 
 def test_predict_and_eval_give_identical_probabilities(model_copy):
-    report = evaluate(data=EXAMPLES, split="all")
+    report = evaluate(data=EXAMPLES, split="all", model="tiny")
     by_path = {p: prob for p, _, prob in report.probabilities}
-    predicted = {p.path: p.probability for p in smokerdet.predict(list(by_path), batch_size=5)}
+    preds = smokerdet.predict(list(by_path), batch_size=5, model="tiny")
+    predicted = {p.path: p.probability for p in preds}
     assert predicted == by_path
 
 
 def test_library_api_returns_predictions(model_copy):
-    preds = list(smokerdet.predict([EXAMPLES / "smoking_0001.jpg"]))
+    preds = list(smokerdet.predict([EXAMPLES / "smoking_0001.jpg"], model="tiny"))
     assert len(preds) == 1 and isinstance(preds[0], smokerdet.Prediction)
     assert preds[0].model == "tiny"
 

@@ -47,11 +47,12 @@ def test_train_then_eval_json_matches_metrics(runner, smokerdet_home, layout, re
     assert 0.0 <= meta["threshold"] <= 1.0
 
     split = "test"
-    result = runner.invoke(app, ["eval", "--data", str(data), "--split", split, "--json"])
+    args = ["eval", "--data", str(data), "--split", split, "--json", "--model", "m1"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     reported = json.loads(result.stdout)
 
-    report = evaluate(data=data, split=split)
+    report = evaluate(data=data, split=split, model="m1")
     ys = [y for _, y, _ in report.probabilities]
     ps = [p for _, _, p in report.probabilities]
     expected = binary_metrics(ys, ps, meta["threshold"])
@@ -238,7 +239,7 @@ def test_eval_empty_split_and_missing_model(runner, model_copy, tmp_path):
     r = runner.invoke(app, ["eval", "--data", str(data), "--split", "val", "--model", "nope"])
     assert r.exit_code == 1
     assert "Error: no model named or at 'nope'" in r.stderr
-    assert "known models: tiny" in r.stderr
+    assert "known models: default (shipped), tiny;" in r.stderr
 
 
 def test_ema_and_lp_ft_train_and_save(runner, flat_data):

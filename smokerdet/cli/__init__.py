@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -22,11 +22,20 @@ from smokerdet.errors import Interrupted, SmokerdetError
 
 DEBUG_ENV = "SMOKERDET_DEBUG"
 
-#: What a Ctrl-C in each command leaves behind, and how to go on.
+#: What a Ctrl-C in each command leaves behind, and how to go on. (``predict`` and ``train``
+#: say more themselves when they are stopped mid-work: how many images, which epochs.)
 INTERRUPT_HINTS = {
     "download": "run the same command again: the download resumes where it stopped",
-    "predict": "rows already printed are complete; run again for the rest",
+    "predict": "each row printed is complete; run the same command again to label them all",
+    "eval": "eval changes nothing (--plots files are written whole or not at all); run it again",
+    "train": "if an epoch had finished, `smokerdet train --resume NAME` continues it; "
+    "otherwise start again with the same command",
+    "info": "info changes nothing; run it again",
+    "models": "each change is one atomic step; see where things stand with `smokerdet models list`",
+    "export": "nothing was written (the ONNX file appears whole or not at all); run it again",
+    "serve": "requests in flight were finished; start it again to serve",
 }
+DEFAULT_INTERRUPT_HINT = "run the same command again"
 
 
 class _Root(TyperGroup):
@@ -37,9 +46,23 @@ class _Root(TyperGroup):
     ) -> None:
         main(args, prog_name=prog_name or "smokerdet", **extra)
 
-    def run(self, args: Sequence[str] | None, prog_name: str, **extra: Any) -> None:
-        """Click's own run: usage errors, ``--help`` and ``typer.Exit`` become exit codes."""
-        super().main(args, prog_name, **extra)
+    def run(self, args: Sequence[str] | None, prog_name: str, **extra: Any) -> NoReturn:
+        """Click's own run: usage errors, ``--help`` and ``typer.Exit`` become exit codes.
+
+        Usage errors are shown as click shows them, less the ``Value error, `` that Typer's
+        validation puts before a bad choice.
+        """
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # click's usage errors, vendored by Typer
+            if not hasattr(e, "show"):
+                raise
+            e.message = e.message.removeprefix("Value error, ")  # type: ignore[attr-defined]
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        except typer.Abort:  # Ctrl-C before or after the command ran (while parsing)
+            raise Interrupted("smokerdet interrupted", hint=DEFAULT_INTERRUPT_HINT) from None
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         # Ctrl-C says which command stopped and how to go on (click would only exit 130).
@@ -47,15 +70,16 @@ class _Root(TyperGroup):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             name = ctx.invoked_subcommand or "smokerdet"
-            raise Interrupted(f"{name} interrupted", hint=INTERRUPT_HINTS.get(name)) from None
+            hint = INTERRUPT_HINTS.get(name, DEFAULT_INTERRUPT_HINT)
+            raise Interrupted(f"{name} interrupted", hint=hint) from None
 
 
 app = typer.Typer(
     name="smokerdet",
     cls=_Root,
     help="Tell whether people in photos are smoking.",
-    no_args_is_help=True,
-    add_completion=False,
+    invoke_without_command=True,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -68,8 +92,16 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def show_help_when_bare(ctx: typer.Context) -> None:
+    """A group run with no sub-command prints its help and exits 0 (there was no mistake)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -80,18 +112,21 @@ def _root(
     Start with `smokerdet predict photos/` (uses the model shipped with smokerdet), or
     train your own with `smokerdet train --data DIR`.
     """
+    show_help_when_bare(ctx)
 
 
 def _register() -> None:
-    from smokerdet.cli import download, eval, export, info, predict, serve, train
+    from smokerdet.cli import download, eval, export, info, models, predict, serve, train
+    from smokerdet.cli._options import Command
 
-    app.command("info")(info.info)
+    app.command("info", cls=Command)(info.info)
     app.add_typer(download.app, name="download")
-    app.command("train")(train.train)
-    app.command("eval")(eval.eval_)
-    app.command("predict")(predict.predict)
-    app.command("serve")(serve.serve)
-    app.command("export")(export.export)
+    app.command("train", cls=Command)(train.train)
+    app.command("eval", cls=Command)(eval.eval_)
+    app.command("predict", cls=Command)(predict.predict)
+    app.add_typer(models.app, name="models")
+    app.command("serve", cls=Command)(serve.serve)
+    app.command("export", cls=Command)(export.export)
 
 
 _register()
@@ -104,13 +139,16 @@ def main(args: Sequence[str] | None = None, prog_name: str = "smokerdet", **extr
     130 interrupted. Never returns: it always exits with ``SystemExit``.
     """
     from smokerdet.cli._output import print_error, setup_logging
+    from smokerdet.cli._signals import interrupts
 
     setup_logging()
     debug = os.environ.get(DEBUG_ENV) == "1"
     root = typer.main.get_command(app)
     assert isinstance(root, _Root)
     try:
-        root.run(args, prog_name, **extra)  # exits itself, unless an error escapes
+        # args is None only for the console script, whose process ends right after.
+        with interrupts(exiting=args is None):
+            root.run(args, prog_name, **extra)  # exits itself, unless an error escapes
         code = 0
     except SmokerdetError as e:
         if debug:

@@ -10,7 +10,8 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -19,25 +20,35 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from smokerdet.errors import SmokerdetError
+from smokerdet.errors import Interrupted, SmokerdetError
 from smokerdet.metrics import BinaryMetrics
 
 if TYPE_CHECKING:
-    from smokerdet.download import DatasetResult, WeightsResult
+    from smokerdet.download import DownloadReport
     from smokerdet.evaluate import EvalReport
     from smokerdet.info import Info
+    from smokerdet.models import ModelInfo
     from smokerdet.predict import Prediction
     from smokerdet.train import EpochStats, TrainResult
 
 
+#: Width of the stdout console off a terminal: wide enough that no row ever wraps.
+PIPE_WIDTH = 100_000
+
+
 def out() -> Console:
-    """Console on stdout (looked up at call time, so test runners can capture it)."""
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    """Console on stdout (looked up at call time, so test runners can capture it).
+
+    Off a terminal (a pipe, a file) nothing wraps: full paths, one table row per line.
+    """
+    width = None if sys.stdout.isatty() else PIPE_WIDTH
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
 
 
 def err() -> Console:
-    """Console on stderr, for progress and warnings."""
-    return Console(file=sys.stderr, highlight=False)
+    """Console on stderr, for progress and warnings; like :func:`out`, unwrapped off a terminal."""
+    width = None if sys.stderr.isatty() else PIPE_WIDTH
+    return Console(file=sys.stderr, highlight=False, width=width)
 
 
 def print_json(obj: object) -> None:
@@ -59,6 +70,12 @@ def print_error(e: SmokerdetError | str, hint: str | None = None) -> None:
 def print_warning(message: str) -> None:
     """``Warning: ...`` on stderr, as plain text."""
     sys.stderr.write(f"Warning: {message}\n")
+
+
+def say(message: str) -> None:
+    """One line of chatter on stderr, as plain text (a confirmation, a note)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 class StderrHandler(logging.Handler):
@@ -83,9 +100,9 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def metrics_table(m: BinaryMetrics, title: str) -> Table:
+def metrics_table(m: BinaryMetrics) -> Table:
     """Accuracy, precision, recall, F1, specificity, ROC-AUC and support."""
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for label, value in [
@@ -117,7 +134,9 @@ def confusion_table(m: BinaryMetrics) -> Table:
 
 def print_metrics(m: BinaryMetrics, title: str) -> None:
     console = out()
-    console.print(metrics_table(m, title))
+    # The title on its own line: as a table title it would wrap to the table's width.
+    console.print(title, style="italic")
+    console.print(metrics_table(m))
     console.print(confusion_table(m))
     for note in m.notes:
         err().print(f"Note: {escape(note)}")
@@ -128,13 +147,13 @@ PREDICTION_FIELDS = ("path", "label", "probability", "threshold", "model", "erro
 
 def jsonl_line(row: dict[str, Any]) -> str:
     """One JSON Lines record; ``ensure_ascii`` keeps odd file names on a single line."""
-    return json.dumps({k: row[k] for k in PREDICTION_FIELDS}, ensure_ascii=True)
+    return json.dumps(row, ensure_ascii=True)
 
 
-def csv_writer(f: IO[str]) -> Any:
-    """A CSV writer with the prediction header already written."""
+def csv_writer(f: IO[str], fields: Sequence[str] = PREDICTION_FIELDS) -> Any:
+    """A CSV writer with the header of ``fields`` already written."""
     w = csv.writer(f)
-    w.writerow(PREDICTION_FIELDS)
+    w.writerow(fields)
     return w
 
 
@@ -164,6 +183,29 @@ def render_info(info: Info) -> None:
         console.print(models)
     else:
         console.print("No trained models yet.")
+
+
+def render_models(models: list[ModelInfo]) -> None:
+    """``smokerdet models list``: one row per model, the default marked ``*``."""
+    table = Table(title="Models", title_justify="left", caption_justify="left")
+    for col in ("", "name", "arch", "created", "val F1", "threshold", "path", "problem"):
+        table.add_column(col, overflow="fold")
+    for m in models:
+        table.add_row(
+            "*" if m.is_default else "",
+            escape(f"{m.name} (shipped)" if m.is_shipped else m.name),
+            m.arch or "-",
+            m.created or "-",
+            fmt(m.val_metrics.get("f1")),
+            fmt(m.threshold),
+            escape(str(m.path)),
+            f"[red]{escape(m.problem)}[/red]" if m.problem else "-",
+        )
+    if not any(m.is_default for m in models):
+        table.caption = "no model answers by default: pass --model NAME|PATH"
+    else:
+        table.caption = "* answers when no --model is given"
+    out().print(table)
 
 
 class RichTrainReporter:
@@ -202,6 +244,8 @@ class RichTrainReporter:
         )
 
     def on_epoch_start(self, epoch: int, total: int, steps: int, phase: str) -> None:
+        if not self.console.is_terminal:
+            return  # off a terminal a live bar only leaves blank lines; the epoch rows say it
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -223,10 +267,13 @@ class RichTrainReporter:
         self.task = self.progress.add_task("train", total=steps, loss="-")
 
     def on_step(self, loss: float) -> None:
-        self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=f"{loss:.4f}")
 
     def on_epoch_end(self, s: EpochStats) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
         mark = " *" if s.improved else (" (probe)" if s.phase == "probe" else "")
         self.console.print(
             f"{s.epoch:>5} {s.train_loss:>7.4f} {fmt(s.val_loss):>7} {fmt(s.val_accuracy):>6} "
@@ -269,102 +316,199 @@ def render_eval(report: EvalReport) -> None:
 
 @dataclass
 class PredictSummary:
-    """Counts of a predict run."""
+    """Counts of a predict run; ``done`` < ``total`` when it was interrupted."""
 
     total: int = 0
+    done: int = 0
+    model: str | None = None
     labelled: int = 0
     smoking: int = 0
     failed: int = 0
     seconds: float = 0.0
 
 
+def _printable(text: str) -> str:
+    """A path on one line: control characters (a newline in a file name) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class RowTable:
+    """``predict``'s table, printed row by row as images finish (nothing is held back).
+
+    The path column is as wide as the longest path given, so the rows line up without
+    knowing the results; on a terminal it is capped so a row fits, off one never.
+    """
+
+    def __init__(self, paths: Iterable[str] | None) -> None:
+        self.console = out()
+        # Paths not known up front (merged parts): a width that fits most.
+        width = max((len(_printable(p)) for p in paths), default=0) if paths is not None else 40
+        if self.console.is_terminal:
+            width = min(width, max(20, self.console.width - 25))
+        self.width = max(width, len("path"))
+
+    def header(self) -> None:
+        self.console.print(f"{'path':<{self.width}}  {'p(smoking)':>10}  label", style="bold")
+
+    def row(self, p: Prediction) -> None:
+        from rich.text import Text
+
+        path = _printable(p.path).ljust(self.width)
+        if p.error is not None:
+            cells = ("-".rjust(10), ("error: " + _printable(p.error), "red"))
+        else:
+            style = "bold red" if p.label == "smoking" else "green"
+            cells = (f"{p.probability:.3f}".rjust(10), (str(p.label), style))
+        self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1]))
+
+
+def _progress(total: int, stack: ExitStack) -> Callable[[], None]:
+    """A bar on a terminal's stderr for long runs whose rows go elsewhere; else a no-op.
+
+    Rows printed on a terminal show the progress themselves; a bar on a redirected stderr
+    would only leave blank lines in the log.
+    """
+    if total <= 50 or sys.stdout.isatty() or not sys.stderr.isatty():
+        return lambda: None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = stack.enter_context(
+        Progress(
+            TextColumn("predict"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err(),
+            transient=True,
+            redirect_stdout=False,
+        )  # fmt: skip
+    )
+    task = progress.add_task("predict", total=total)
+    return lambda: progress.update(task, advance=1)
+
+
 def render_predictions(
     rows: Iterable[Prediction],
     *,
-    total: int,
+    paths: list[str] | None = None,
+    total: int | None = None,
     json_lines: bool,
     csv_path: Path | None,
     only: str | None,
     started: float,
+    fields: Sequence[str] = PREDICTION_FIELDS,
 ) -> PredictSummary:
-    """Stream predictions to JSON Lines / CSV, or collect them into a table; return counts."""
-    import time
-    from contextlib import ExitStack
+    """Stream each prediction as it finishes: a table row, a JSON line and/or a CSV row.
 
-    summary = PredictSummary(total=total)
-    table_rows: list[Prediction] = []
+    ``--only`` keeps the rows with that label and every error row (one row per failed input
+    stays in JSON and CSV). On Ctrl-C the rows already written stay, the summary says how
+    many images they cover, and :class:`~smokerdet.errors.Interrupted` says the same.
+    """
+    import time
+
+    summary = PredictSummary(total=len(paths) if paths is not None else (total or 0))
+    to_stdout_csv = csv_path is not None and str(csv_path) == "-"
+    interrupted = False
     with ExitStack() as stack:
         writer = None
         if csv_path is not None:
             f = (
                 sys.stdout
-                if str(csv_path) == "-"
+                if to_stdout_csv
                 else stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8"))
             )
-            writer = csv_writer(f)
-        progress = None
-        if total > 50 and not json_lines:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            progress = stack.enter_context(
-                Progress(
-                    TextColumn("predict"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeRemainingColumn(),
-                    console=err(),
-                    transient=True,
-                )
-            )
-            task = progress.add_task("predict", total=total)
-        for row in rows:
-            if row.error is None:
-                summary.labelled += 1
-                summary.smoking += row.label == "smoking"
-            else:
-                summary.failed += 1
-                if not json_lines:
-                    sys.stderr.write(f"Warning: {row.path}: {row.error}\n")
-            if progress is not None:
-                progress.update(task, advance=1)
-            if only is not None and row.label != only:
-                continue
-            d = row.to_dict()
-            if writer is not None:
-                writer.writerow([d[k] for k in PREDICTION_FIELDS])
-            if json_lines:
-                sys.stdout.write(jsonl_line(d) + "\n")
-                sys.stdout.flush()
-            elif not (writer is not None and f is sys.stdout):
-                table_rows.append(row)
+            writer = csv_writer(f, fields)
+        table = None if json_lines or to_stdout_csv else RowTable(paths)
+        if table is not None:
+            table.header()
+        advance = _progress(summary.total, stack)
+        try:
+            for row in rows:
+                emit_row(row, summary, writer, table, json_lines, only, fields)
+                advance()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # stops the DataLoader's workers now, not at garbage collection
     summary.seconds = time.perf_counter() - started
-    if not json_lines and not (csv_path is not None and str(csv_path) == "-"):
-        table = Table(show_edge=False)
-        table.add_column("path", overflow="fold")
-        table.add_column("label")
-        table.add_column("p(smoking)", justify="right")
-        for row in table_rows:
-            if row.error:
-                table.add_row(escape(row.path), f"[red]error: {escape(row.error)}[/red]", "-")
-            else:
-                style = "bold red" if row.label == "smoking" else "green"
-                table.add_row(
-                    escape(row.path), f"[{style}]{row.label}[/{style}]", f"{row.probability:.3f}"
-                )
-        out().print(table)
-    rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
-    err().print(
-        f"{summary.total} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
-        f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
-        f"{rate:.1f} images/s (model loading included)"
-    )
+    _print_summary(summary)
+    if interrupted:
+        raise _interrupted(summary, csv_path if not to_stdout_csv else None)
     return summary
+
+
+def emit_row(
+    row: Prediction,
+    summary: PredictSummary,
+    writer: Any,
+    table: RowTable | None,
+    json_lines: bool,
+    only: str | None,
+    fields: Sequence[str] = PREDICTION_FIELDS,
+) -> None:
+    """Write one prediction everywhere it goes, and count it.
+
+    Ctrl-C waits until this returns (see :mod:`smokerdet.cli._signals`), so a row is in every
+    output or in none, and ``summary.done`` counts exactly the rows written.
+    """
+    _count(summary, row, warn=not json_lines)
+    if only is not None and row.error is None and row.label != only:
+        return
+    d = row.to_dict()
+    if writer is not None:
+        writer.writerow([d.get(k) for k in fields])
+    if json_lines:
+        sys.stdout.write(jsonl_line(d) + "\n")
+        sys.stdout.flush()
+    if table is not None:
+        table.row(row)
+
+
+def _count(summary: PredictSummary, row: Prediction, warn: bool) -> None:
+    summary.done += 1
+    summary.model = summary.model or row.model
+    if row.error is None:
+        summary.labelled += 1
+        summary.smoking += row.label == "smoking"
+    else:
+        summary.failed += 1
+        if warn:
+            sys.stderr.write(f"Warning: {_printable(row.path)}: {row.error}\n")
+
+
+def _print_summary(summary: PredictSummary) -> None:
+    rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
+    count = (
+        f"{summary.total}"
+        if summary.done == summary.total
+        else f"{summary.done} of {summary.total}"
+    )
+    sys.stderr.write(
+        (f"model {summary.model}: " if summary.model else "")
+        + f"{count} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
+        f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
+        f"{rate:.1f} images/s (model loading included)\n"
+    )
+
+
+def _interrupted(summary: PredictSummary, csv_file: Path | None) -> Interrupted:
+    where = f"the rows printed{f' and in {csv_file}' if csv_file else ''}"
+    if summary.done == 0:
+        kept = "no image had finished"
+    else:
+        kept = f"{where} are complete for the first {summary.done} images"
+    return Interrupted(
+        f"predict interrupted after {summary.done} of {summary.total} images",
+        hint=f"{kept}; run the same command again to label all {summary.total}",
+    )
 
 
 class DownloadProgress:
@@ -410,40 +554,25 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def download_json(
-    dataset: DatasetResult | None, weights: list[WeightsResult] | None
-) -> dict[str, Any]:
-    """What ``smokerdet download --json`` prints: only the parts that were asked for."""
-    out: dict[str, Any] = {}
-    if dataset is not None:
-        out["dataset"] = dataset.to_dict()
-    if weights is not None:
-        out["weights"] = [w.to_dict() for w in weights]
-    return out
+def render_download_report(report: DownloadReport) -> None:
+    """What ``smokerdet download`` did, one row per part: part, source, result, message."""
+    table = Table(title="Download", title_justify="left")
+    for col in ("part", "source", "result", "message"):
+        table.add_column(col, overflow="fold")
+    for p in report.parts:
+        result = f"[red]{p.result}[/red]" if p.result == "failed" else p.result
+        message = p.message.splitlines()[0] if p.message else ""
+        table.add_row(escape(p.part), escape(p.source), result, escape(message))
+    out().print(table)
 
 
-def render_download(dataset: DatasetResult | None, weights: list[WeightsResult] | None) -> None:
-    """What ``smokerdet download`` did, for people."""
-    console = out()
-    if dataset is not None:
-        if dataset.already_present:
-            console.print(f"Dataset: already present at {escape(dataset.path)}")
-        else:
-            console.print(
-                f"Dataset: installed at {escape(dataset.path)} from {escape(dataset.source)}"
-            )
-            v = dataset.verify
-            if v is not None:
-                splits = ", ".join(f"{k} {n}" for k, n in v.per_split.items())
-                console.print(
-                    f"  {v.total} images ({splits}); SHA-256 matched "
-                    f"{v.hashes_matched} of {v.hashes_total} published files"
-                )
-        for note in dataset.notes:
-            err().print(f"Warning: {escape(note)}")
-    for w in weights or []:
-        state = "already present" if w.already_present else "installed"
-        console.print(f"Weights {w.arch} ({w.tag}): {state} at {escape(w.path)}")
+def print_download_problems(report: DownloadReport) -> None:
+    """Each dataset note as ``Warning:``, each failed part as ``Error: PART: ...`` + ``Hint:``."""
+    for p in report.parts:
+        for note in p.dataset.notes if p.dataset else []:
+            print_warning(note)
+        if p.result == "failed":
+            print_error(f"{p.part}: {p.message}", hint=p.hint)
 
 
 def render_download_list(status: dict[str, Any]) -> None:

@@ -7,27 +7,32 @@ both with their defaults, and ``download --list`` shows what is there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from smokerdet.cli._options import JsonOpt
-
-if TYPE_CHECKING:
-    from smokerdet.download import DatasetResult, WeightsResult
+from smokerdet.cli._options import Command, JsonOpt
 
 SourceOpt = Annotated[
     str | None,
     typer.Option("--source", metavar="NAME|URL", help="Dataset source id, or an archive URL."),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Fetch again even if present.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Fetch again even if present; with --from, replace a different cached copy after "
+        "verification.",
+    ),
+]
 PartialOpt = Annotated[
     bool, typer.Option("--allow-partial", help="Accept a dataset copy that lacks whole splits.")
 ]
 ListOpt = Annotated[
     bool, typer.Option("--list", help="Show sources, architectures and what is present.")
 ]
+_DATASET_ONLY = ("--source", "--allow-partial")
 # Only there to say where --from goes: the bare `download` can't know what a file is.
 BareFromOpt = Annotated[Path | None, typer.Option("--from", hidden=True)]
 
@@ -48,43 +53,39 @@ app = typer.Typer(
 )
 
 
-def _fetch(
+def _run(
+    what: str | None,
+    archs: list[str],
     *,
-    dataset: bool,
-    archs: list[str] | None,
     source: str | None = None,
     from_path: Path | None = None,
     force: bool = False,
     allow_partial: bool = False,
-) -> tuple[DatasetResult | None, list[WeightsResult] | None]:
-    """Fetch the dataset and/or the weights of ``archs``, with a progress bar on stderr."""
-    from smokerdet.cli._output import DownloadProgress
-    from smokerdet.download import HttpOptions, download_dataset, download_weights
+    json_out: bool = False,
+) -> None:
+    """Try every part, show the report, and exit with its code (a byte progress bar on stderr)."""
+    from smokerdet.cli._output import (
+        DownloadProgress,
+        print_download_problems,
+        print_json,
+        render_download_report,
+    )
+    from smokerdet.download import download_all
 
     with DownloadProgress() as progress:
-        options = HttpOptions(progress=progress.update)
-        ds = None
-        if dataset:
-            ds = download_dataset(
-                source=source,
-                from_path=from_path,
-                force=force,
-                allow_partial=allow_partial,
-                options=options,
-            )
-        weights = None
-        if archs is not None:
-            weights = [
-                download_weights(arch, from_path=from_path, force=force, options=options)
-                for arch in archs
-            ]
-    return ds, weights
-
-
-def _show(dataset: DatasetResult | None, weights: list[WeightsResult] | None, json: bool) -> None:
-    from smokerdet.cli._output import download_json, print_json, render_download
-
-    print_json(download_json(dataset, weights)) if json else render_download(dataset, weights)
+        report = download_all(
+            what,
+            archs,
+            source=source,
+            from_path=from_path,
+            force=force,
+            allow_partial=allow_partial,
+            progress=progress.update,
+        )
+    print_json(report.to_dict()) if json_out else render_download_report(report)
+    print_download_problems(report)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
 
 
 @app.callback()
@@ -118,6 +119,11 @@ def download(
         given = {"--list": list_, "--source": source, "--force": force,
                  "--allow-partial": allow_partial, "--from": from_path, "--json": json_out}  # fmt: skip
         misplaced = [flag for flag, value in given.items() if value]
+        if misplaced and ctx.invoked_subcommand == "weights" and misplaced[0] in _DATASET_ONLY:
+            raise ConfigError(
+                f"{misplaced[0]} is for the dataset: `smokerdet download dataset "
+                f"{misplaced[0]} ...`"
+            )
         if misplaced:
             raise ConfigError(
                 f"{misplaced[0]} goes after the sub-command: "
@@ -136,15 +142,10 @@ def download(
             "--from needs to know what it is: `download dataset --from` or "
             "`download weights ARCH --from`"
         )
-    from smokerdet.model import DEFAULT_ARCH
-
-    ds, weights = _fetch(
-        dataset=True, archs=[DEFAULT_ARCH], source=source, force=force, allow_partial=allow_partial
-    )
-    _show(ds, weights, json_out)
+    _run(None, [], source=source, force=force, allow_partial=allow_partial, json_out=json_out)
 
 
-@app.command("dataset")
+@app.command("dataset", cls=Command)
 def dataset(
     source: SourceOpt = None,
     from_path: Annotated[
@@ -168,18 +169,18 @@ def dataset(
         smokerdet download dataset
         smokerdet download dataset --from smoker-detection.zip
     """
-    ds, _ = _fetch(
-        dataset=True,
-        archs=None,
+    _run(
+        "dataset",
+        [],
         source=source,
         from_path=from_path,
         force=force,
         allow_partial=allow_partial,
+        json_out=json_out,
     )
-    _show(ds, None, json_out)
 
 
-@app.command("weights")
+@app.command("weights", cls=Command)
 def weights(
     archs: Annotated[
         list[str] | None,
@@ -193,6 +194,7 @@ def weights(
     ] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
+    source: Annotated[str | None, typer.Option("--source", hidden=True)] = None,
 ) -> None:
     """Download (or import) ImageNet weights, checked to load into their architecture.
 
@@ -203,11 +205,13 @@ def weights(
         smokerdet download weights resnet50 --from resnet50_a1_in1k.safetensors
     """
     from smokerdet.errors import ConfigError
-    from smokerdet.model import DEFAULT_ARCH
 
+    if source is not None:
+        raise ConfigError(
+            "--source is for the dataset; weights come from the Hugging Face Hub or --from FILE",
+            hint="set HF_ENDPOINT for a Hub mirror, or import a file: "
+            "smokerdet download weights ARCH --from FILE",
+        )
     if from_path is not None and len(archs or []) != 1:
         raise ConfigError("--from imports weights for exactly one ARCH")
-    _, fetched = _fetch(
-        dataset=False, archs=archs or [DEFAULT_ARCH], from_path=from_path, force=force
-    )
-    _show(None, fetched, json_out)
+    _run("weights", archs or [], from_path=from_path, force=force, json_out=json_out)

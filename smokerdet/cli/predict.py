@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from smokerdet.cli._options import (
+    DEFAULT_BACKEND,
     DEFAULT_DEVICE,
+    BackendOpt,
     DeviceOpt,
     ModelOpt,
     ScoreBatchOpt,
@@ -41,8 +43,24 @@ CsvOpt = Annotated[
     Path | None,
     typer.Option("--csv", metavar="FILE", help="Also write the rows to this CSV file."),
 ]
-OnlyOpt = Annotated[Only | None, typer.Option("--only", help="Show only images with this label.")]
+OnlyOpt = Annotated[
+    Only | None,
+    typer.Option(
+        "--only",
+        metavar="[smoking|not_smoking]",
+        help="Show only images with this label (and those that failed, one row each).",
+    ),
+]
 RecursiveOpt = Annotated[bool, option(PredictConfig, "recursive", "--recursive/--no-recursive")]
+HeatmapsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--heatmaps",
+        metavar="DIR",
+        help="Write a PNG per photo showing where the model looked into DIR (an existing "
+        "folder); each row gets its file name in a 'heatmap' field.",
+    ),
+]
 ShardOpt = Annotated[
     str | None,
     typer.Option(
@@ -86,6 +104,8 @@ def predict(
     batch_size: ScoreBatchOpt = PredictConfig.batch_size,
     workers: ScoreWorkersOpt = PredictConfig.workers,
     device: DeviceOpt = DEFAULT_DEVICE,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    heatmaps: HeatmapsOpt = None,
     json_out: JsonLinesOpt = False,
     csv_path: CsvOpt = None,
     only: OnlyOpt = None,
@@ -114,41 +134,32 @@ def predict(
 
     \b
         smokerdet predict photos/ --json | jq 'select(.label == "smoking") | .path'
+        smokerdet predict photos/ --heatmaps heat/ --csv results.csv
     """
     import time
 
-    from smokerdet.cli._output import print_warning, render_predictions
+    from smokerdet.cli._output import PREDICTION_FIELDS, print_warning, render_predictions
+    from smokerdet.distributed import world_from_env
     from smokerdet.errors import ConfigError, NoInputError
     from smokerdet.predict import expand_inputs
     from smokerdet.predict import predict as run_predict
 
     if json_out and csv_path is not None and str(csv_path) == "-":
         raise ConfigError("--csv - and --json both want stdout: give --csv a file name")
-    from smokerdet.distributed import world_from_env
-
-    if merge or shard or output or resume or world_from_env().distributed:
-        scaled = dict(shard=shard, output=output, resume=resume, merge=merge)
-        return _scaled(
-            paths,
-            model,
-            threshold,
-            batch_size,
-            workers,
-            device.value,
-            recursive,
-            json_out,
-            csv_path,
-            only,
-            **scaled,
-        )
     cfg = PredictConfig(
         model=model,
         threshold=threshold,
         batch_size=batch_size,
         workers=workers,
         device=device.value,
+        backend=backend.value,
         recursive=recursive,
     )
+    if merge or shard or output or resume or world_from_env().distributed:
+        if heatmaps is not None:
+            raise ConfigError("--heatmaps works in a plain run: drop --shard/--output/--merge")
+        scaled = dict(shard=shard, output=output, resume=resume, merge=merge)
+        return _scaled(paths, cfg, json_out, csv_path, only, **scaled)
     inputs = expand_inputs(paths, recursive=cfg.recursive)
     if not inputs.items:
         for w in inputs.warnings:
@@ -162,14 +173,17 @@ def predict(
         batch_size=cfg.batch_size,
         workers=cfg.workers,
         device=cfg.device,
+        backend=cfg.backend,
+        heatmaps=heatmaps,
     )
     summary = render_predictions(
         rows,
-        total=len(inputs),
+        paths=[path for path, _ in inputs.items],
         json_lines=json_out,
         csv_path=csv_path,
         only=only.value if only else None,
         started=started,
+        fields=(*PREDICTION_FIELDS, "heatmap") if heatmaps is not None else PREDICTION_FIELDS,
     )
     if summary.labelled == 0:
         raise typer.Exit(1)
@@ -179,12 +193,7 @@ def predict(
 
 def _scaled(
     paths: list[str],
-    model: str | None,
-    threshold: float | None,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    recursive: bool,
+    cfg: PredictConfig,
     json_out: bool,
     csv_path: Path | None,
     only: Only | None,
@@ -220,14 +229,6 @@ def _scaled(
     if output is not None and (csv_path is not None or only is not None):
         raise ConfigError("--output writes every row as JSON Lines: drop --csv and --only")
     part = parse_shard(shard) if shard is not None else None
-    cfg = PredictConfig(
-        model=model,
-        threshold=threshold,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        recursive=recursive,
-    )
     with distributed.session("cpu") as world:  # gloo: the rows travel between CPUs
         main = distributed.quiet_unless_main()
         inputs = distributed.on_main(lambda: _expand(paths, cfg.recursive))

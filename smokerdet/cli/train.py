@@ -83,7 +83,7 @@ def train(
     \b
         smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
     """
-    from smokerdet.cli._output import RichTrainReporter, print_json, render_train
+    from smokerdet.cli._output import RichTrainReporter, print_json, render_train, say
     from smokerdet.distributed import quiet_unless_main
     from smokerdet.train import TrainReporter, resume_training
     from smokerdet.train import train as run_train
@@ -120,3 +120,7 @@ def train(
         result = run_train(cfg, reporter)
     if main_rank:
         print_json(result.to_dict()) if json_out else render_train(result)
+        say(
+            f"use it with: smokerdet predict --model {result.name} PHOTOS... "
+            f"or smokerdet models default {result.name}"
+        )

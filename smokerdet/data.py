@@ -361,27 +361,6 @@ def fingerprint(samples: Sequence[Sample], root: Path | None = None) -> dict[str
 # Image loading
 
 
-def _to_rgb(im: Any) -> Any:
-    from PIL import Image
-
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode.startswith("I") or mode == "F":
-        import numpy as np
-
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if (mode.startswith("I;16") or arr.max(initial=0) > 255) else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        # Transparent pixels hold arbitrary colours; show them as a neutral white background.
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
 def load_image(
     path: str | os.PathLike[str] | bytes,
     *,

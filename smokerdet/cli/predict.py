@@ -138,10 +138,9 @@ def predict(
     """
     import time
 
-    from smokerdet.cli._output import PREDICTION_FIELDS, print_warning, render_predictions
+    from smokerdet.cli._output import PREDICTION_FIELDS, render_predictions
     from smokerdet.distributed import world_from_env
-    from smokerdet.errors import ConfigError, NoInputError
-    from smokerdet.predict import expand_inputs
+    from smokerdet.errors import ConfigError
     from smokerdet.predict import predict as run_predict
 
     if json_out and csv_path is not None and str(csv_path) == "-":
@@ -160,11 +159,7 @@ def predict(
             raise ConfigError("--heatmaps works in a plain run: drop --shard/--output/--merge")
         scaled = dict(shard=shard, output=output, resume=resume, merge=merge)
         return _scaled(paths, cfg, json_out, csv_path, only, **scaled)
-    inputs = expand_inputs(paths, recursive=cfg.recursive)
-    if not inputs.items:
-        for w in inputs.warnings:
-            print_warning(w)
-        raise NoInputError("no images to label in the given paths", hint="check the PATH arguments")
+    inputs = _expand(paths, cfg.recursive)
     started = time.perf_counter()
     rows = run_predict(
         inputs,

@@ -368,7 +368,7 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path
     raise ModelNotFoundError(f"no model named or at {text!r}", hint=_known_models_hint())
 
 
-def _matching_weights(folder: Path, sha256: str) -> tuple[Path, bytes]:
+def matching_weights(folder: Path, sha256: str) -> tuple[Path, bytes]:
     """The weights file whose SHA-256 is the one ``model.json`` records.
 
     ``model.prev.safetensors`` counts too: it is what a save interrupted between writing the
@@ -406,7 +406,7 @@ def load_model(spec: str | os.PathLike[str] | None = None, device: str = "cpu") 
 
     name, folder = resolve_model(spec)
     meta = read_meta(folder)
-    weights_path, blob = _matching_weights(folder, meta.weights_sha256)
+    weights_path, blob = matching_weights(folder, meta.weights_sha256)
     if not timm.is_model(meta.arch):
         raise CheckpointError(
             f"{folder / META_FILE}: field 'arch' names no timm model: {meta.arch!r}"

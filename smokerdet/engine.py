@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smokerdet.checkpoint import META_FILE, ModelMeta, read_meta, resolve_model
+from smokerdet.checkpoint import META_FILE, ModelMeta, matching_weights, read_meta, resolve_model
 from smokerdet.errors import CheckpointError, ConfigError
 from smokerdet.images import preprocess, view_of
 
@@ -322,10 +322,12 @@ def _onnx_spec(model: str | os.PathLike[str] | None) -> Path | None:
 
 
 def _check_folder(onnx: OnnxEngine, folder: Path) -> None:
-    """An ONNX file in a model folder must come from that folder's weights."""
+    """An ONNX file in a model folder must come from that folder's weights, and the folder
+    must be whole: a torn folder is refused on every backend, not only on torch."""
     if not (folder / META_FILE).is_file():
         return
     recorded = read_meta(folder).weights_sha256
+    matching_weights(folder, recorded)
     if onnx.meta.weights_sha256 != recorded:
         raise CheckpointError(
             f"{onnx.path}: field 'weights_sha256' ({onnx.meta.weights_sha256[:12]}...) does "

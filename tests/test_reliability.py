@@ -223,9 +223,7 @@ def _run_job(job: dict[str, Any]) -> NoReturn:
     """In a forked child: train or resume as ``job`` says, write what happened, exit."""
     code = 1
     try:
-        # Bit-for-bit equality needs deterministic kernels: with several threads, CPU
-        # convolutions may sum in a different order from one process to the next.
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # every run alike, the reference and the killed ones
         os.environ.update(job["env"])
         folder = Path(job["env"]["SMOKERDET_HOME"]) / "models" / job["name"]
         rec = PointsRecorder(folder)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,14 +38,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+MEMORY_LIMIT = 8 * 2**30  # address space of each pytest run (and of each process it starts)
 COPIED = ("smokerdet", "tests", "examples", "pyproject.toml")
 
 # Where the code under each mutation lives: one place to update when a module moves.
-METRICS = "smokerdet/metrics.py"
+METRICS = "smokerdet/metrics.py"  # metrics._f1, binary_metrics, roc_auc
 IMAGE_LOADER = "smokerdet/data.py"  # data.load_image
 PREDICT = "smokerdet/predict.py"  # predict._generate
 ARCHIVES = "smokerdet/archives.py"  # archives._check_member
 HTTP = "smokerdet/fetch.py"  # fetch._fetch_once
+CHECKPOINT = "smokerdet/checkpoint.py"  # atomic_write_bytes, save_model
+RESUME_FORMAT = "smokerdet/resume.py"  # write_resume_files
+LOOP = "smokerdet/loop.py"  # run_epoch, restore_progress, restore_phase
+
+KILLS = "tests/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
+FSYNC = (
+    "tests/test_reliability.py::test_every_file_of_a_save_is_fsynced_under_a_temp_name_then_renamed"
+)
+RESUME = "tests/test_reliability.py::test_resumed_run_ends_like_an_uninterrupted_one"
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="f1-mean-of-p-and-r",
         file=METRICS,
-        old="f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0",
-        new="f1 = (precision + recall) / 2",
+        old="return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0",
+        new="return (precision + recall) / 2",
         tests=("tests/test_metrics.py",),
         proves="F1 is the harmonic mean of precision and recall",
     ),
@@ -152,6 +163,132 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/test_download.py::test_dropped_connection_resumes_with_range",),
         proves="an interrupted download resumes with an HTTP Range request",
     ),
+    Mutation(
+        id="range-ignored-server",
+        file=HTTP,
+        old="if have and resp.status != 206:",
+        new="if False:",
+        tests=("tests/test_download.py::test_a_server_ignoring_range_gets_the_whole_file_once",),
+        proves="a server that ignores Range (200, whole body) does not get its bytes appended",
+    ),
+    Mutation(
+        id="model-json-written-in-place",
+        file=CHECKPOINT,
+        old='fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
+        new=(
+            'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
+            '    if path.name == "model.json":  # mutant: truncate and write the file itself\n'
+            "        os.close(fd)\n"
+            "        os.unlink(tmp)\n"
+            "        fd, tmp = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), str(path)"
+        ),
+        tests=(KILLS,),
+        proves="model.json is replaced by a rename: a kill leaves the old file or the new one",
+    ),
+    Mutation(
+        id="weights-not-fsynced",
+        file=CHECKPOINT,
+        old="os.fsync(f.fileno())",
+        new='os.fsync(f.fileno()) if path.suffix != ".safetensors" else None',
+        tests=(FSYNC,),
+        proves="the weights reach the disk before they are renamed into place (power cuts)",
+    ),
+    Mutation(
+        id="weights-written-in-place",
+        file=CHECKPOINT,
+        old='fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
+        new=(
+            'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
+            '    if path.suffix == ".safetensors":  # mutant: no temp file, no rename\n'
+            "        os.close(fd)\n"
+            "        os.unlink(tmp)\n"
+            "        fd, tmp = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), str(path)"
+        ),
+        tests=(FSYNC,),
+        proves="the weights appear only by renaming a complete, fsynced temp file",
+    ),
+    Mutation(
+        id="previous-weights-not-kept",
+        file=CHECKPOINT,
+        old="os.replace(current, previous)",
+        new="pass",
+        tests=(KILLS,),
+        proves="the old weights stay until the new model.json is in place (old or new, no mix)",
+    ),
+    Mutation(
+        id="save-sets-aside-unvouched-weights",
+        file=CHECKPOINT,
+        old="if _current_is_vouched_for(folder):",
+        new="if current.exists() and (folder / META_FILE).exists():",
+        tests=(KILLS,),
+        proves="a save after an interrupted one keeps the weights model.json vouches for",
+    ),
+    Mutation(
+        id="resume-json-before-tensors",
+        file=RESUME_FORMAT,
+        old=(
+            "atomic_write_bytes(target / tensors_file, blob)\n"
+            '        atomic_write_json(target / "state.json", info)'
+        ),
+        new=(
+            'atomic_write_json(target / "state.json", info)\n'
+            "        atomic_write_bytes(target / tensors_file, blob)"
+        ),
+        tests=(KILLS,),
+        proves="state.json never names a tensors file that is not complete",
+    ),
+    Mutation(
+        id="ema-restore-skipped",
+        file=LOOP,
+        old='_load_prefixed(state.ema, saved.tensors, "ema.")',
+        new="pass",
+        tests=(RESUME,),
+        proves="a resumed run continues the EMA of the weights, not a fresh one",
+    ),
+    Mutation(
+        id="optimizer-restore-skipped",
+        file=LOOP,
+        old=(
+            "state.optimizer.load_state_dict(\n"
+            '        {"state": opt_state, "param_groups": saved.json["optimizer_param_groups"]}\n'
+            "    )"
+        ),
+        new="pass",
+        tests=(RESUME,),
+        proves="a resumed run continues the optimizer's moments, not fresh ones",
+    ),
+    Mutation(
+        id="scheduler-restore-skipped",
+        file=LOOP,
+        old='state.scheduler.load_state_dict({**saved.json["scheduler"], "lr_lambdas": [None]})',
+        new="pass",
+        tests=(RESUME,),
+        proves="a resumed run continues the learning-rate schedule where it was",
+    ),
+    Mutation(
+        id="sampler-reseed-skipped",
+        file=LOOP,
+        old="data.train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)",
+        new="pass",
+        tests=(RESUME,),
+        proves="a resumed epoch shuffles the training images as the uninterrupted run did",
+    ),
+    Mutation(
+        id="rng-reseed-skipped",
+        file=LOOP,
+        old="seed_everything(cfg.seed * 1000 + epoch)",
+        new="pass",
+        tests=(RESUME,),
+        proves="a resumed epoch draws the same augmentations as the uninterrupted run did",
+    ),
+    Mutation(
+        id="resume-retrains-from-scratch",
+        file=LOOP,
+        old="state.epoch = saved.epoch",
+        new="state.epoch = 0",
+        tests=(RESUME,),
+        proves="a resumed run runs only the epochs left, not all of them again",
+    ),
 ]
 
 
@@ -174,12 +311,24 @@ def copy_project(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
+def _cap_memory() -> None:
+    """In the pytest child: a mutant that allocates without bound gets MemoryError (a failed
+    test) instead of taking the machine's memory until the kernel's OOM killer steps in."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def run_pytest(copy: Path, tests: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     try:
         return subprocess.run(
-            cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
+            cmd,
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_cap_memory,
         )
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")

@@ -27,6 +27,7 @@ from typing import Any
 
 from smokerdet.data import CLASS_NAMES, DataConfig
 from smokerdet.errors import CheckpointError, ConfigError, ModelNotFoundError
+from smokerdet.faults import point
 from smokerdet.model import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from smokerdet.paths import default_choice_file, default_model_dir, models_dir
 
@@ -141,11 +142,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared models from others
+        point(f"{path.name}/opened")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            point(f"{path.name}/written")
             os.fsync(f.fileno())
+        point(f"{path.name}/synced")
         os.replace(tmp, path)
+        point(f"{path.name}/renamed")
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -230,8 +235,9 @@ def save_model(folder: Path, model: Any, meta: ModelMeta, *, half: bool = False)
     try:
         # The old weights stay on disk, as model.prev.safetensors, until the new metadata is
         # in place: a kill at any moment leaves a folder that loads as the old or the new model.
-        if current.exists() and (folder / META_FILE).exists():
+        if _current_is_vouched_for(folder):
             os.replace(current, previous)
+            point("save_model/previous-kept")
         atomic_write_bytes(current, blob)
         atomic_write_json(folder / META_FILE, meta.to_dict())
         previous.unlink(missing_ok=True)
@@ -243,6 +249,25 @@ def save_model(folder: Path, model: Any, meta: ModelMeta, *, half: bool = False)
             hint="free some disk space or check permissions",
         ) from None
     return folder
+
+
+def _current_is_vouched_for(folder: Path) -> bool:
+    """Whether ``model.safetensors`` is the file to keep as the previous weights during a save.
+
+    After an interrupted save, ``model.json`` may vouch for ``model.prev.safetensors`` while
+    ``model.safetensors`` holds the unfinished save's weights: setting those aside would
+    overwrite the only weights the metadata matches, and a second kill would tear the folder.
+    """
+    current, previous = folder / WEIGHTS_FILE, folder / PREVIOUS_WEIGHTS_FILE
+    if not current.exists() or not (folder / META_FILE).exists():
+        return False
+    if not previous.exists():
+        return True
+    try:
+        vouched, _ = _matching_weights(folder, read_meta(folder).weights_sha256)
+    except CheckpointError:
+        return True  # nothing loads either way: keep the newer file, as without a leftover
+    return vouched == current
 
 
 def read_meta(folder: Path) -> ModelMeta:

@@ -264,7 +264,7 @@ def _current_is_vouched_for(folder: Path) -> bool:
     if not previous.exists():
         return True
     try:
-        vouched, _ = _matching_weights(folder, read_meta(folder).weights_sha256)
+        vouched, _ = matching_weights(folder, read_meta(folder).weights_sha256)
     except CheckpointError:
         return True  # nothing loads either way: keep the newer file, as without a leftover
     return vouched == current

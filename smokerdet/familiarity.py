@@ -5,7 +5,10 @@ so. Each model folder can hold ``familiarity.safetensors``: a compact descriptio
 training photos in the space of its pooled features (the last feature map averaged over its
 grid, what the linear head sees), fitted once when the model is made.
 
-The description is a probabilistic PCA: the mean of the training features, their top ``k``
+The features are first compressed by a signed ``log1p(10 x)`` (pooled activations are
+skewed, with a long tail: the log makes them closer to Gaussian, and separated other sources
+better in bench/familiarity.py: AUROC 0.90 against 0.87 without it). The description is then a
+probabilistic PCA: the mean of the training features, their top ``k``
 principal directions with the variance along each, and one variance for everything outside
 them. A photo's distance is its Mahalanobis distance under that covariance (the top
 directions whitened, the rest scaled by the residual variance, so that nothing in the
@@ -58,6 +61,14 @@ FAMILIAR_SHARE = 0.95
 WARN_SHARE = 0.25
 #: Fewer training photos than this make no useful description.
 MIN_PHOTOS = 8
+#: Features are compressed by ``sign(x) log1p(LOG_SCALE |x|)`` first (0: not at all).
+LOG_SCALE = 10.0
+
+
+def compress(features: np.ndarray, log_scale: float) -> np.ndarray:
+    """The signed log that makes pooled activations closer to Gaussian (``0``: unchanged)."""
+    x = np.asarray(features, dtype=np.float64)
+    return np.sign(x) * np.log1p(log_scale * np.abs(x)) if log_scale > 0 else x
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class Familiarity:
         cut: the distance within which ``FAMILIAR_SHARE`` of the validation photos lie.
         weights_sha256: the SHA-256 of the weights whose features these are.
         n_train: photos fitted on; n_val: photos calibrated on (0: calibrated on training).
+        log_scale: the compression applied to features first (:func:`compress`).
     """
 
     mean: np.ndarray
@@ -82,6 +94,7 @@ class Familiarity:
     weights_sha256: str
     n_train: int
     n_val: int
+    log_scale: float = LOG_SCALE
 
     @property
     def dim(self) -> int:
@@ -90,7 +103,7 @@ class Familiarity:
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``(N, C)`` features, scaled by sqrt(C)."""
-        x = np.asarray(features, dtype=np.float64) - self.mean
+        x = compress(features, self.log_scale) - self.mean
         z = x @ self.components
         inside = (z**2 / self.variances).sum(axis=1)
         outside = np.maximum((x**2).sum(axis=1) - (z**2).sum(axis=1), 0.0) / self.residual
@@ -117,6 +130,7 @@ class Familiarity:
             "format": FORMAT,
             "method": "ppca-mahalanobis",
             "pooling": "mean over the last feature map, TTA-averaged like the logit",
+            "log_scale": repr(float(self.log_scale)),
             "residual": repr(float(self.residual)),
             "cut": repr(float(self.cut)),
             "familiar_share": repr(FAMILIAR_SHARE),
@@ -149,6 +163,7 @@ class Familiarity:
                 weights_sha256=str(meta["weights_sha256"]),
                 n_train=int(meta["n_train"]),
                 n_val=int(meta["n_val"]),
+                log_scale=float(meta["log_scale"]),
             )
         except KeyError as e:
             raise ValueError(f"missing field {e.args[0]!r}") from None
@@ -160,6 +175,8 @@ class Familiarity:
         if self.mean.ndim != 1 or c != self.dim or self.variances.shape != (k,):
             raise ValueError("the tensors' shapes do not fit together")
         numbers = [self.mean, self.components, self.variances, [self.residual, self.cut]]
+        if not np.isfinite(self.log_scale) or self.log_scale < 0:
+            raise ValueError("field 'log_scale' is not a number >= 0")
         if not all(np.isfinite(a).all() for a in numbers):
             raise ValueError("a value is not finite")
         if self.residual <= 0 or self.cut <= 0 or (self.variances <= 0).any():
@@ -172,6 +189,7 @@ def fit(
     *,
     dims: int = DEFAULT_DIMS,
     weights_sha256: str = "",
+    log_scale: float = LOG_SCALE,
 ) -> Familiarity:
     """Describe ``(N, C)`` training features; calibrate the cut on validation features.
 
@@ -181,9 +199,10 @@ def fit(
     Raises:
         ValueError: fewer than :data:`MIN_PHOTOS` training rows.
     """
-    x = np.asarray(train, dtype=np.float64)
-    if x.ndim != 2 or len(x) < MIN_PHOTOS:
-        raise ValueError(f"need at least {MIN_PHOTOS} training photos, got {len(x)}")
+    raw = np.asarray(train, dtype=np.float64)
+    if raw.ndim != 2 or len(raw) < MIN_PHOTOS:
+        raise ValueError(f"need at least {MIN_PHOTOS} training photos, got {len(raw)}")
+    x = compress(raw, log_scale)
     mean = x.mean(axis=0)
     centred = x - mean
     # SVD of the centred data: its right singular vectors are the covariance's eigenvectors.
@@ -201,11 +220,12 @@ def fit(
         return a.astype(np.float32).astype(np.float64)
 
     mean, components, variances = stored(mean), stored(vt[:k].T), stored(variances)
-    stats = Familiarity(mean, components, variances, residual, 1.0, weights_sha256, len(x), 0)
-    calib = x if val is None or len(val) == 0 else np.asarray(val, dtype=np.float64)
+    args = (mean, components, variances, residual)
+    stats = Familiarity(*args, 1.0, weights_sha256, len(x), 0, log_scale)
+    calib = raw if val is None or len(val) == 0 else np.asarray(val, dtype=np.float64)
     cut = float(np.quantile(stats.distance(calib), FAMILIAR_SHARE))
-    n_val = 0 if calib is x else len(calib)
-    return Familiarity(mean, components, variances, residual, cut, weights_sha256, len(x), n_val)
+    n_val = 0 if calib is raw else len(calib)
+    return Familiarity(*args, cut, weights_sha256, len(x), n_val, log_scale)
 
 
 def save(stats: Familiarity, folder: Path) -> Path:

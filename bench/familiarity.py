@@ -32,7 +32,7 @@ import numpy as np
 
 from smokerdet.data import find_dataset
 from smokerdet.engine import Engine, open_engine
-from smokerdet.familiarity import FAMILIAR_SHARE, fit
+from smokerdet.familiarity import FAMILIAR_SHARE, fit, load_for
 from smokerdet.images import load_image, preprocess
 from smokerdet.inference import score_paths
 
@@ -167,8 +167,8 @@ def quality(feats: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def speed(engine: Engine, paths: list[Path], repeats: int, workers: int | None) -> dict[str, Any]:
     """Seconds to score ``paths`` with and without familiarity (alternated), median + spread."""
-    train = np.random.default_rng(0).normal(size=(64, engine_dim(engine)))
-    stats = fit(train, None, dims=16)
+    stats = load_for(engine)  # the model's own stats
+    assert stats is not None, f"{engine.name} has no familiarity stats to time"
     times: dict[str, list[float]] = {"without": [], "with": []}
     for _ in range(repeats):
         for key, fam in (("without", None), ("with", stats)):
@@ -180,11 +180,6 @@ def speed(engine: Engine, paths: list[Path], repeats: int, workers: int | None) 
         k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "runs": v}
         for k, v in times.items()
     }
-
-
-def engine_dim(engine: Engine) -> int:
-    x = np.zeros((1, 3, engine.meta.data_config.input_size, engine.meta.data_config.input_size))
-    return int(engine.features_arrays(x.astype(np.float32))[1].shape[1])
 
 
 def main() -> None:

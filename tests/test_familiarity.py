@@ -145,21 +145,23 @@ def test_noise_photos_are_unfamiliar_with_one_warning(runner, tmp_path: Path):
         Image.fromarray(noise).save(tmp_path / f"noise{i}.png")
     r = runner.invoke(app, ["predict", str(tmp_path), "--model", "default", "--json"])
     assert r.exit_code == 0, r.output
-    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.stderr.count("look unlike the photos this model was trained on") == 1
+    assert "6 of 6 photos (100%)" in r.stderr
+    assert "smokerdet train --init default --data YOUR_PHOTOS" in r.stderr
+    rows = [p.to_dict() for p in smokerdet.predict([tmp_path], model="default")]
     assert [row["familiar"] for row in rows] == [False] * 6
     assert all(row["familiarity"] < 1.0 for row in rows)
-    assert r.stderr.count("look unlike the photos this model was trained on") == 1
-    assert "smokerdet train --init default --data YOUR_PHOTOS" in r.stderr
 
 
 def test_missing_stats_mean_none_and_one_note(runner, shipped_copy: Path):
     (shipped_copy / FAMILIARITY_FILE).unlink()
     r = runner.invoke(app, ["predict", str(EXAMPLES), "--model", "shipped", "--json"])
     assert r.exit_code == 0, r.output
-    rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert rows and all(row["familiar"] is None and row["familiarity"] is None for row in rows)
-    assert r.stderr.count(f"has no {FAMILIARITY_FILE}") == 1
+    assert len(r.stdout.splitlines()) == len(list(EXAMPLES.glob("*.jpg")))
+    assert r.stderr.count(f"Note: shipped has no {FAMILIARITY_FILE}") == 1
     assert "look unlike" not in r.stderr
+    rows = [p.to_dict() for p in smokerdet.predict([EXAMPLES], model="shipped")]
+    assert rows and all(row["familiar"] is None and row["familiarity"] is None for row in rows)
 
 
 def test_corrupt_stats_file_is_a_warning_naming_it(runner, shipped_copy: Path):
@@ -167,8 +169,10 @@ def test_corrupt_stats_file_is_a_warning_naming_it(runner, shipped_copy: Path):
     path.write_bytes(path.read_bytes()[:1000])  # truncated
     r = runner.invoke(app, ["predict", str(EXAMPLES / "smoking_0001.jpg"), "-m", "shipped", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["familiarity"] is None
-    assert f"Warning: {path} is not valid" in r.stderr
+    assert json.loads(r.stdout)["label"] == "smoking"
+    assert r.stderr.count(f"Warning: {path} is not valid (not a safetensors file") == 1
+    (row,) = smokerdet.predict([EXAMPLES / "smoking_0001.jpg"], model="shipped")
+    assert row.familiar is None and row.familiarity is None
 
 
 def test_stats_of_other_weights_are_refused(notes, shipped_copy: Path):

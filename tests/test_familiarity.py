@@ -199,3 +199,14 @@ def test_fit_for_model_on_a_trained_model(model_copy: Path, notes, tmp_path: Pat
     assert all(r.familiarity is not None for r in rows)
     assert fit_for_model(model_copy, photos[:3], []) is None  # too few: a note, no file change
     assert any("too few to describe" in n for n in notes)
+
+
+def test_score_with_features_matches_score():
+    from smokerdet.images import load_image
+
+    engine = open_engine("default", backend="onnx")
+    images = [load_image(p) for p in sorted(EXAMPLES.glob("*.jpg"))[:3]]
+    pairs = engine.score_with_features(images)
+    assert [p for p, _ in pairs] == pytest.approx(engine.score(images), abs=1e-6)
+    assert all(f.shape == (1280,) and (f >= 0).all() for _, f in pairs)  # pooled ReLU6 maps
+    assert engine.score_with_features([]) == []

@@ -182,6 +182,12 @@ def predict(
     ONNX model (the shipped one, or any model exported by ``smokerdet export``) on the CPU,
     neither torch nor timm is imported.
 
+    When the model folder holds familiarity stats (:mod:`smokerdet.familiarity`), each
+    Prediction also says whether the photo looks like the model's training photos
+    (``familiar``, ``familiarity``), from the same forward pass; when more than
+    :data:`~smokerdet.familiarity.WARN_SHARE` of the run's photos do not, one warning goes to
+    the ``smokerdet`` logger once the last row is out. Without stats both are None (one note).
+
     Args:
         inputs: files, folders, glob patterns, ``-`` for stdin, or :func:`expand_inputs` output.
         model: a model name, folder, ``.onnx`` file, ``latest`` or ``default``; by default the

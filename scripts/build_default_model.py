@@ -230,7 +230,19 @@ def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
           f"{val.metrics.accuracy:.4f} f1 {val.metrics.f1:.4f} at threshold "
           f"{val.threshold:.3f}")  # fmt: skip
     export_shipped()
+    fit_shipped_familiarity(data)
     write_golden()
+
+
+def fit_shipped_familiarity(data: Path) -> None:
+    """Describe the Training photos in feature space, calibrated on Validation (predict's
+    ``familiar`` field); stats made for other weights would be refused."""
+    from smokerdet.data import find_dataset
+    from smokerdet.familiarity import fit_for_model
+
+    ds = find_dataset(data)
+    path = fit_for_model(SHIPPED, [s.path for s in ds.train], [s.path for s in ds.val])
+    print(f"familiarity stats: {path}")
 
 
 def export_shipped() -> None:

@@ -65,6 +65,21 @@ class Engine:
         """Probabilities and raw class maps ``(N, h, w)`` (TTA-averaged, before ReLU)."""
         raise NotImplementedError
 
+    def features_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
+        """Probabilities and pooled features ``(N, C)`` from the same forward pass.
+
+        The features are the last feature map averaged over its grid (what the linear head
+        sees); with flip TTA, the average over the photo and its mirror image, like the logit.
+        """
+        raise NotImplementedError
+
+    def score_with_features(self, images: list[Image.Image]) -> list[tuple[float, np.ndarray]]:
+        """Probabilities and pooled feature vectors for RGB images (see features_arrays)."""
+        if not images:
+            return []
+        probs, feats = self.features_arrays(self._stack(images))
+        return list(zip(probs, feats, strict=True))
+
     def score(self, images: list[Image.Image]) -> list[float]:
         """Probabilities of smoking for RGB images, with the model's preprocessing and TTA."""
         if not images:
@@ -178,6 +193,18 @@ class OnnxEngine(Engine):
             logits = (logits[:n] + logits[n:]) / 2
         return sigmoid(logits)
 
+    def features_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
+        import numpy as np
+
+        logits, features = self._run(batch, ["logit", "features"])
+        logits = logits.reshape(-1)
+        pooled = features.astype(np.float32).mean(axis=(2, 3))
+        if self.meta.tta == "hflip":
+            n = len(batch)
+            logits = (logits[:n] + logits[n:]) / 2
+            pooled = (pooled[:n] + pooled[n:]) / 2
+        return sigmoid(logits), pooled
+
     def maps_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
         import numpy as np
 
@@ -278,6 +305,14 @@ class TorchEngine(Engine):
         from smokerdet.inference import forward_probs
 
         return forward_probs(self.loaded, torch.from_numpy(batch), self.device)
+
+    def features_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
+        import torch
+
+        from smokerdet.inference import forward_probs_features
+
+        probs, pooled = forward_probs_features(self.loaded, torch.from_numpy(batch), self.device)
+        return probs, pooled
 
     def maps_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
         import torch

@@ -32,7 +32,10 @@ from smokerdet.heatmap import heatmap_name, write_overlay
 from smokerdet.images import load_image, preprocess
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from smokerdet.engine import Engine
+    from smokerdet.familiarity import Familiarity
 
 #: Images per forward pass. Small batches stay in the CPU's cache and measured fastest there
 #: (bench/predict.py); pass a larger --batch-size on a GPU.
@@ -56,6 +59,7 @@ class Scored:
     probability: float | None
     error: str | None
     heatmap: Path | None = None
+    familiarity: float | None = None
 
 
 def default_workers(n_items: int, batch_size: int, device: str = "cpu") -> int:
@@ -87,19 +91,54 @@ def forward_probs(loaded: LoadedModel, batch: object, device: str) -> list[float
         return torch.sigmoid(logits).tolist()
 
 
+def forward_probs_features(
+    loaded: LoadedModel, batch: object, device: str
+) -> tuple[list[float], np.ndarray]:
+    """Probabilities and pooled features ``(N, C)`` from one pass (TTA-averaged, like ONNX)."""
+    import torch
+
+    x = batch.to(device, non_blocking=True)  # type: ignore[attr-defined]
+    if device == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    model = loaded.model
+    with torch.inference_mode():
+        features = model.forward_features(x)
+        logits = model.forward_head(features).float().reshape(-1)
+        pooled = features.float().mean(dim=(2, 3))
+        if loaded.meta.tta == "hflip":
+            flipped = model.forward_features(torch.flip(x, dims=[3]))
+            logits = (logits + model.forward_head(flipped).float().reshape(-1)) / 2
+            pooled = (pooled + flipped.float().mean(dim=(2, 3))) / 2
+        return torch.sigmoid(logits).tolist(), pooled.cpu().numpy()
+
+
+def _probs_and_familiarity(
+    loaded: LoadedModel, batch: object, device: str, familiarity: Familiarity | None
+) -> tuple[list[float], list[float] | None]:
+    if familiarity is None:
+        return forward_probs(loaded, batch, device), None
+    probs, pooled = forward_probs_features(loaded, batch, device)
+    return probs, familiarity.score(pooled).tolist()
+
+
 class _CollateAndScore:
     """A ``collate_fn`` that also runs the model. DataLoader calls ``collate_fn`` inside the
     worker that produced the batch, so each CPU worker decodes *and* scores its batches."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded = loaded
+    def __init__(self, loaded: LoadedModel, familiarity: Familiarity | None = None) -> None:
+        self.loaded, self.familiarity = loaded, familiarity
 
     def __call__(
         self, items: list[tuple[int, Any, str | None]]
-    ) -> tuple[list[int], list[float], list[tuple[int, str]]]:
+    ) -> tuple[list[int], tuple[list[float], list[float] | None], list[tuple[int, str]]]:
         indices, tensor, failures = collate_scored(items)
-        probs = forward_probs(self.loaded, tensor, "cpu") if tensor is not None else []
-        return indices, probs, failures
+        if tensor is None:
+            return indices, ([], None), failures
+        return (
+            indices,
+            _probs_and_familiarity(self.loaded, tensor, "cpu", self.familiarity),
+            failures,
+        )
 
 
 def score_files(
@@ -109,6 +148,7 @@ def score_files(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     device: str = "cpu",
+    familiarity: Familiarity | None = None,
 ) -> Iterator[Scored]:
     """Score ``paths`` in order, streaming batches through a DataLoader.
 
@@ -123,6 +163,7 @@ def score_files(
         workers: worker processes; on a CPU each decodes and scores (0: all in this process,
             with all cores); on a GPU they decode. Default: :func:`default_workers`.
         device: where the model is (``cpu``, ``cuda``, ``mps``).
+        familiarity: stats to give each photo a familiarity score from the same pass.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -142,22 +183,25 @@ def score_files(
         batch_size=batch_size,
         shuffle=False,
         num_workers=n_workers,
-        collate_fn=_CollateAndScore(loaded) if score_in_workers else collate_scored,
+        collate_fn=_CollateAndScore(loaded, familiarity) if score_in_workers else collate_scored,
         pin_memory=device == "cuda",
         prefetch_factor=(2 if score_in_workers else 4) if n_workers else None,
     )
     for indices, scored, failures in loader:
         if score_in_workers:
-            probs = scored
+            probs, fams = scored
+        elif scored is None:
+            probs, fams = [], None
         else:
-            probs = forward_probs(loaded, scored, device) if scored is not None else []
-        outcome: dict[int, tuple[float | None, str | None]] = {
-            i: (p, None) for i, p in zip(indices, probs, strict=True)
+            probs, fams = _probs_and_familiarity(loaded, scored, device, familiarity)
+        fams = fams or [None] * len(probs)
+        outcome: dict[int, tuple[float | None, str | None, float | None]] = {
+            i: (p, None, f) for i, p, f in zip(indices, probs, fams, strict=True)
         }
-        outcome.update({i: (None, err) for i, err in failures})
+        outcome.update({i: (None, err, None) for i, err in failures})
         for i in sorted(outcome):
-            prob, err = outcome[i]
-            yield Scored(index=i, path=paths[i], probability=prob, error=err)
+            prob, err, fam = outcome[i]
+            yield Scored(index=i, path=paths[i], probability=prob, error=err, familiarity=fam)
 
 
 def _prepare(path: Path, engine: Engine, keep: bool) -> tuple[Any, Any, str | None]:
@@ -178,6 +222,7 @@ def _score_batch(
     start: int,
     prepared: list[tuple[Any, Any, str | None]],
     heatmaps: Path | None,
+    familiarity: Familiarity | None = None,
 ) -> Iterator[Scored]:
     import numpy as np
 
@@ -186,12 +231,19 @@ def _score_batch(
     good = [k for k, (x, _, err) in enumerate(prepared) if err is None]
     maps: Any = None
     probs: list[float] = []
+    fams: list[float | None] = [None] * len(good)
     if good:
         batch = np.stack([prepared[k][0] for k in good])
-        if heatmaps is None:
+        if heatmaps is None and familiarity is None:
             probs = engine.score_arrays(batch)
+        elif heatmaps is None:
+            probs, pooled = engine.features_arrays(batch)
         else:
             probs, maps = engine.maps_arrays(batch)
+            # heatmaps are the slow path: a second pass for the features costs little more
+            pooled = engine.features_arrays(batch)[1] if familiarity is not None else None
+        if familiarity is not None:
+            fams = familiarity.score(pooled).tolist()
     outcome: dict[int, tuple[float | None, str | None, Path | None]] = {}
     for j, k in enumerate(good):
         target = None
@@ -203,9 +255,10 @@ def _score_batch(
     for k, (_, _, err) in enumerate(prepared):
         if err is not None:
             outcome[k] = (None, err, None)
+    fam_of = dict(zip(good, fams, strict=True))
     for k in range(len(prepared)):
         prob, err, target = outcome[k]
-        yield Scored(start + k, paths[start + k], prob, err, target)
+        yield Scored(start + k, paths[start + k], prob, err, target, fam_of.get(k))
 
 
 #: Below this many photos, ONNX scoring stays in this process: starting workers (about a
@@ -216,14 +269,16 @@ MIN_PHOTOS_FOR_WORKERS = 32
 WORKER_CHUNK = 8
 
 _worker_engine: Engine | None = None
+_worker_familiarity: Familiarity | None = None
 
 
-def _init_worker(path: Path, name: str) -> None:
+def _init_worker(path: Path, name: str, familiarity: Familiarity | None = None) -> None:
     from smokerdet.engine import OnnxEngine
 
-    global _worker_engine
+    global _worker_engine, _worker_familiarity
     # one thread per process: processes scale across cores, intra-op threads don't (bench)
     _worker_engine = OnnxEngine(path, name, threads=1)
+    _worker_familiarity = familiarity
 
 
 def _score_chunk(
@@ -233,15 +288,17 @@ def _score_chunk(
     stop: int,
     batch_size: int,
     heatmaps: Path | None,
+    familiarity: Familiarity | None = None,
 ) -> list[Scored]:
     """Decode and score ``paths[start:stop]`` here, batch by batch (also a worker's task)."""
-    engine = engine or _worker_engine
+    if engine is None:
+        engine, familiarity = _worker_engine, _worker_familiarity
     assert engine is not None
     out: list[Scored] = []
     for i in range(start, stop, batch_size):
         chunk = range(i, min(i + batch_size, stop))
         prepared = [_prepare(paths[k], engine, heatmaps is not None) for k in chunk]
-        out.extend(_score_batch(engine, paths, i, prepared, heatmaps))
+        out.extend(_score_batch(engine, paths, i, prepared, heatmaps, familiarity))
     return out
 
 
@@ -260,6 +317,7 @@ def score_paths(
     batch_size: int | None = None,
     workers: int | None = None,
     heatmaps: Path | None = None,
+    familiarity: Familiarity | None = None,
 ) -> Iterator[Scored]:
     """Score ``paths`` in order through ``engine``; optionally write a heatmap per image.
 
@@ -277,6 +335,8 @@ def score_paths(
             for ONNX, :func:`default_workers` for torch. A torch engine writing heatmaps
             scores in this process.
         heatmaps: a folder to write ``<stem>-<hash>.heatmap.png`` overlays into.
+        familiarity: the model's familiarity stats: each photo's score comes from the same
+            forward pass as its probability (:mod:`smokerdet.familiarity`).
     """
     if engine.backend == "torch" and heatmaps is None:
         loaded = engine.loaded  # type: ignore[attr-defined]
@@ -286,6 +346,7 @@ def score_paths(
             batch_size=batch_size or DEFAULT_BATCH_SIZE,
             workers=workers,
             device=engine.device,  # type: ignore[attr-defined]
+            familiarity=familiarity,
         )
         return
     size = batch_size or (ONNX_BATCH_SIZE if engine.backend == "onnx" else DEFAULT_BATCH_SIZE)
@@ -293,13 +354,18 @@ def score_paths(
     if engine.backend != "onnx" or n_workers < 1:
         for i in range(0, len(paths), WORKER_CHUNK):
             stop = min(i + WORKER_CHUNK, len(paths))
-            yield from _score_chunk(engine, paths, i, stop, size, heatmaps)
+            yield from _score_chunk(engine, paths, i, stop, size, heatmaps, familiarity)
         return
-    yield from _score_in_workers(engine, paths, size, n_workers, heatmaps)
+    yield from _score_in_workers(engine, paths, size, n_workers, heatmaps, familiarity)
 
 
 def _score_in_workers(
-    engine: Engine, paths: Sequence[Path], size: int, n_workers: int, heatmaps: Path | None
+    engine: Engine,
+    paths: Sequence[Path],
+    size: int,
+    n_workers: int,
+    heatmaps: Path | None,
+    familiarity: Familiarity | None = None,
 ) -> Iterator[Scored]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -311,7 +377,10 @@ def _score_in_workers(
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     starts = list(range(0, len(paths), WORKER_CHUNK))
     with ProcessPoolExecutor(
-        n_workers, mp_context=context, initializer=_init_worker, initargs=(engine.path, engine.name)
+        n_workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(engine.path, engine.name, familiarity),
     ) as pool:
         in_flight: list[Future[list[Scored]]] = []
         for start in starts:
@@ -327,4 +396,7 @@ def _score_in_workers(
 def _score_offset(chunk: list[Path], start: int, size: int, heatmaps: Path | None) -> list[Scored]:
     """A worker's task: score ``chunk`` (photos ``start...`` of the run), indices shifted."""
     scored = _score_chunk(None, chunk, 0, len(chunk), size, heatmaps)
-    return [Scored(start + s.index, s.path, s.probability, s.error, s.heatmap) for s in scored]
+    return [
+        Scored(start + s.index, s.path, s.probability, s.error, s.heatmap, s.familiarity)
+        for s in scored
+    ]

@@ -810,3 +810,11 @@ def export_saved(folder: Path) -> None:
         export_onnx(folder)
     except ExportError as e:
         log.warning("no %s for %s (%s): it predicts through torch", ONNX_FILE, folder.name, e)
+
+
+def fit_familiarity(folder: Path, splits: DatasetSplits) -> None:
+    """Describe the training photos in feature space beside the saved model, so that predict
+    can say when photos look unlike them (:mod:`smokerdet.familiarity`)."""
+    from smokerdet.familiarity import fit_for_model
+
+    fit_for_model(folder, [s.path for s in splits.train], [s.path for s in splits.val])

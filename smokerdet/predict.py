@@ -23,6 +23,7 @@ from smokerdet import distributed
 from smokerdet.data import CLASS_NAMES, is_image_file
 from smokerdet.engine import Engine, open_engine
 from smokerdet.errors import ConfigError
+from smokerdet.familiarity import WARN_SHARE, Familiarity, load_for
 from smokerdet.inference import score_paths
 from smokerdet.shard import (
     PartHeader,
@@ -52,6 +53,12 @@ class Prediction:
     heatmap: str | None = None
     """The heatmap overlay PNG written for this image (only with ``heatmaps=``)."""
     heatmaps_asked: bool = field(default=False, repr=False, compare=False)
+    familiar: bool | None = None
+    """Whether the photo looks like the model's training photos (None: the model has no
+    familiarity stats, or the photo has no score)."""
+    familiarity: float | None = None
+    """``cut / distance`` from the training photos: familiar from 1.0 up (see
+    :mod:`smokerdet.familiarity`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a dict; ``heatmap`` is in it only when heatmaps were asked for."""
@@ -186,6 +193,12 @@ def predict(
     ONNX model (the shipped one, or any model exported by ``smokerdet export``) on the CPU,
     neither torch nor timm is imported.
 
+    When the model folder holds familiarity stats (:mod:`smokerdet.familiarity`), each
+    Prediction also says whether the photo looks like the model's training photos
+    (``familiar``, ``familiarity``), from the same forward pass; when more than
+    :data:`~smokerdet.familiarity.WARN_SHARE` of the run's photos do not, one warning goes to
+    the ``smokerdet`` logger once the last row is out. Without stats both are None (one note).
+
     Args:
         inputs: files, folders, glob patterns, ``-`` for stdin, or :func:`expand_inputs` output.
         model: a model name, folder, ``.onnx`` file, ``latest`` or ``default``; by default the
@@ -221,7 +234,8 @@ def predict(
         )
     cut = engine.meta.threshold if threshold is None else threshold
     names = engine.meta.class_names or list(CLASS_NAMES)
-    return _generate(expanded, engine, cut, names, batch_size, workers, heat_dir)
+    stats = load_for(engine)
+    return _generate(expanded, engine, cut, names, batch_size, workers, heat_dir, stats)
 
 
 def _generate(
@@ -232,12 +246,19 @@ def _generate(
     batch_size: int | None,
     workers: int | None,
     heat_dir: Path | None,
+    stats: Familiarity | None = None,
 ) -> Iterator[Prediction]:
     readable = [Path(p) for p, err in expanded.items if err is None]
     scores = score_paths(
-        engine, readable, batch_size=batch_size, workers=workers, heatmaps=heat_dir
+        engine,
+        readable,
+        batch_size=batch_size,
+        workers=workers,
+        heatmaps=heat_dir,
+        familiarity=stats,
     )
     asked = heat_dir is not None
+    counts = [0, 0]  # photos with a familiarity score, and how many of them are unfamiliar
     for path, error in expanded.items:
         if error is not None:
             yield Prediction(path, None, None, cut, engine.name, error, None, asked)
@@ -248,7 +269,29 @@ def _generate(
         else:
             label = names[1] if scored.probability >= cut else names[0]
             heat = str(scored.heatmap) if scored.heatmap is not None else None
-            yield Prediction(path, label, scored.probability, cut, engine.name, None, heat, asked)
+            fam = scored.familiarity
+            familiar = None if fam is None else bool(fam >= 1.0)
+            if fam is not None:
+                counts[0] += 1
+                counts[1] += not familiar
+            yield Prediction(
+                path, label, scored.probability, cut, engine.name, None, heat, asked, familiar, fam
+            )
+    warn_unfamiliar(*counts)
+
+
+def warn_unfamiliar(scored: int, unfamiliar: int) -> None:
+    """One warning when more than :data:`WARN_SHARE` of a run's photos look unfamiliar."""
+    if scored and unfamiliar / scored > WARN_SHARE:
+        log.warning(
+            "%d of %d photos (%.0f%%) look unlike the photos this model was trained on "
+            "(familiar: false); its answers on them are much less reliable than its measured "
+            "accuracy. Adapt it to your photos: `smokerdet train --init default --data "
+            "YOUR_PHOTOS` (a folder of labelled photos)",
+            unfamiliar,
+            scored,
+            100 * unfamiliar / scored,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from smokerdet.loop import (
     Start,
     TrainingInterrupted,
     TrainReporter,
+    fit_familiarity,
     interrupted,
     phases,
     prepare,
@@ -144,6 +145,9 @@ def train(
         skipped = [s for part in distributed.all_gather(data.skipped) for s in part]
         if world.is_main:
             shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)
+            # After the resume state is gone: a kill here leaves a whole model that only
+            # lacks familiarity stats (predict says so), never a half-finished run.
+            fit_familiarity(folder, data.splits)
 
     metrics = state.meta.val_metrics
     return TrainResult(

@@ -142,7 +142,16 @@ def print_metrics(m: BinaryMetrics, title: str) -> None:
         err().print(f"Note: {escape(note)}")
 
 
-PREDICTION_FIELDS = ("path", "label", "probability", "threshold", "model", "error")
+PREDICTION_FIELDS = (
+    "path",
+    "label",
+    "probability",
+    "threshold",
+    "model",
+    "error",
+    "familiar",
+    "familiarity",
+)
 
 
 def jsonl_line(row: dict[str, Any]) -> str:
@@ -359,7 +368,9 @@ class RowTable:
         else:
             style = "bold red" if p.label == "smoking" else "green"
             cells = (f"{p.probability:.3f}".rjust(10), (str(p.label), style))
-        self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1]))
+        # Unlike the training photos: the label is less reliable than the model's metrics.
+        odd = ("  (unfamiliar)", "yellow") if p.familiar is False else ""
+        self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1], odd))
 
 
 def _progress(total: int, stack: ExitStack) -> Callable[[], None]:

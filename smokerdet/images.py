@@ -65,8 +65,10 @@ def _open(source: str | os.PathLike[str] | bytes, name: object) -> Any:
     p = Path(source)
     if p.is_dir():
         raise ImageLoadError(p, "is a directory")
-    if p.is_file() and p.stat().st_size == 0:
-        raise ImageLoadError(p, "empty file")
+    # Read a byte rather than trust st_size: files in /proc report 0 and fail on read.
+    with open(p, "rb") as f:
+        if not f.read(1):
+            raise ImageLoadError(p, "empty file")
     return Image.open(p)
 
 

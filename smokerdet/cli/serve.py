@@ -11,9 +11,11 @@ from smokerdet.config import ServeConfig
 ServeModelOpt = Annotated[
     str | None, option(ServeConfig, "model", "--model", "-m", metavar="NAME|PATH")
 ]
-HostOpt = Annotated[str, option(ServeConfig, "host")]
+HostOpt = Annotated[str, option(ServeConfig, "host", metavar="ADDRESS")]
 PortOpt = Annotated[int, option(ServeConfig, "port", "--port", "-p")]
-TokenOpt = Annotated[str | None, option(ServeConfig, "token", envvar="SMOKERDET_TOKEN")]
+TokenOpt = Annotated[
+    str | None, option(ServeConfig, "token", envvar="SMOKERDET_TOKEN", metavar="TOKEN")
+]
 CollectOpt = Annotated[Path | None, option(ServeConfig, "collect", metavar="DIR")]
 MaxBodyOpt = Annotated[float, option(ServeConfig, "max_body_mb")]
 MaxFilesOpt = Annotated[int, option(ServeConfig, "max_files")]

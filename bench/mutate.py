@@ -43,7 +43,7 @@ COPIED = ("smokerdet", "tests", "examples", "pyproject.toml")
 
 # Where the code under each mutation lives: one place to update when a module moves.
 METRICS = "smokerdet/metrics.py"  # metrics._f1, binary_metrics, roc_auc
-IMAGE_LOADER = "smokerdet/data.py"  # data.load_image
+IMAGE_LOADER = "smokerdet/images.py"  # images.load_image
 PREDICT = "smokerdet/predict.py"  # predict._generate
 ARCHIVES = "smokerdet/archives.py"  # archives._check_member
 HTTP = "smokerdet/fetch.py"  # fetch._fetch_once
@@ -134,7 +134,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="predict-drops-unreadable-row",
         file=PREDICT,
-        old="yield Prediction(path, None, None, cut, loaded.name, scored.error)",
+        old="yield Prediction(path, None, None, cut, engine.name, scored.error, None, asked)",
         new="continue",
         tests=("tests/test_hostile.py::test_predict_survives_the_corpus_and_escapes_names",),
         proves="every unreadable file becomes one error row: one output line per input path",
@@ -142,7 +142,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="predict-drops-missing-path-row",
         file=PREDICT,
-        old="yield Prediction(path, None, None, cut, loaded.name, error)\n            continue",
+        old="yield Prediction(path, None, None, cut, engine.name, error, None, asked)\n            continue",
         new="continue",
         tests=("tests/test_predict.py::test_missing_path_and_corrupt_file_in_a_batch_exit_3",),
         proves="a path that does not exist becomes an error row, not a silent gap",
@@ -276,7 +276,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="rng-reseed-skipped",
         file=LOOP,
-        old="seed_everything(cfg.seed * 1000 + epoch)",
+        old="seed_everything(cfg.seed * 1000 + epoch + 1_000_003 * state.world.rank)",
         new="pass",
         tests=(RESUME,),
         proves="a resumed epoch draws the same augmentations as the uninterrupted run did",

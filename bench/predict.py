@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""How fast is ``smokerdet predict`` against what the hardware allows?
+"""How fast is ``smokerdet predict --backend torch`` against what the hardware allows?
+
+The torch path (GPUs, models without an ONNX file); ``bench/engine.py`` measures the default
+ONNX Runtime path the same way.
 
 Measures, for one model (architecture and input size as stored in it), every cell repeated
 (``--repeats``, at least 3) and reported as its median with the min-max spread:
@@ -231,7 +234,9 @@ def measure_cli(args: argparse.Namespace, table: Table, model: str, paths: list[
     listing = "\n".join(str(p) for p in paths[: args.images])
 
     def many() -> float:
-        s, _, lines, rc = run_cli(["predict", "-", "--json", "--model", model], listing)
+        s, _, lines, rc = run_cli(
+            ["predict", "-", "--json", "--model", model, "--backend", "torch"], listing
+        )
         assert rc == 0 and lines == args.images, (rc, lines)
         return args.images / s
 
@@ -240,11 +245,13 @@ def measure_cli(args: argparse.Namespace, table: Table, model: str, paths: list[
     table.measure(
         "smokerdet predict, 1 image (wall s)",
         WALL,
-        lambda: run_cli(["predict", one, "--json", "--model", model], "")[0],
+        lambda: run_cli(["predict", one, "--json", "--model", model, "--backend", "torch"], "")[0],
     )
     if args.memory_images:
         listing = "\n".join(str(p) for p in paths[: args.memory_images])
-        s, rss, lines, rc = run_cli(["predict", "-", "--json", "--model", model], listing, 0.25)
+        s, rss, lines, rc = run_cli(
+            ["predict", "-", "--json", "--model", model, "--backend", "torch"], listing, 0.25
+        )
         assert rc == 0 and lines == args.memory_images
         table.rows.append({"what": f"smokerdet predict, {args.memory_images} images, memory",
                            "kind": WALL, "runs": [s], **summary([s]), "peak_rss_mb": rss})  # fmt: skip
@@ -283,10 +290,10 @@ def measure_in_process(
 
     def run(**kw: Any) -> float:
         t0 = time.perf_counter()
-        n = sum(1 for _ in smokerdet.predict(paths, model=model, **kw))
+        n = sum(1 for _ in smokerdet.predict(paths, model=model, backend="torch", **kw))
         return n / (time.perf_counter() - t0)
 
-    list(smokerdet.predict(paths[:16], model=model))  # warm-up
+    list(smokerdet.predict(paths[:16], model=model, backend="torch"))  # warm-up
     table.measure(f"smokerdet.predict() in-process, {len(paths)} images", PIPELINE, run)
     if args.sweep:
         for bs in (1, 2, 4, 8):

@@ -404,8 +404,10 @@ def predict_shard(
         writer = opened[0] if opened else None
     todo = Inputs(items=mine[done:])
 
+    stats = load_for(engine)
+
     def score(part: Inputs) -> Iterator[Prediction]:
-        return _generate(part, engine, cut, names, batch_size, workers, None)
+        return _generate(part, engine, cut, names, batch_size, workers, None, stats)
 
     if world.distributed:
         # Small runs still use every rank: blocks of at most SHARD_BLOCK, one round at least.

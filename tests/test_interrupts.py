@@ -111,7 +111,7 @@ def test_predict_table_keeps_the_rows_it_printed(tmp_path, many_photos):
     for i, row in enumerate(rows):  # every row printed is whole, in input order
         assert re.fullmatch(
             rf"{re.escape(str(many_photos / f'photo_{i:04d}.jpg'))} +\d\.\d{{3}}  "
-            r"(smoking|not_smoking)\n",
+            r"(smoking|not_smoking)(  \(unfamiliar\))?\n",
             row,
         ), row
     assert f"model default: {done} of 300 images" in err

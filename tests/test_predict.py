@@ -37,7 +37,10 @@ def test_directory_is_walked_recursively_by_extension(runner, model_copy, photos
     assert len(rows) == 6
     assert {Path(row["path"]).suffix for row in rows} == {".jpg", ".PNG"}
     for row in rows:
-        assert set(row) == {"path", "label", "probability", "threshold", "model", "error"}
+        assert set(row) == {
+            *("path", "label", "probability", "threshold", "model", "error"),
+            *("familiar", "familiarity"),
+        }
         assert row["label"] in ("smoking", "not_smoking") and row["error"] is None
         assert 0.0 <= row["probability"] <= 1.0 and row["model"] == "tiny"
     r = runner.invoke(app, ["predict", str(photos), "--json", "--no-recursive", "-m", "tiny"])
@@ -109,7 +112,10 @@ def test_csv_output_round_trips(runner, model_copy, photos, tmp_path):
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 6
-    assert list(rows[0]) == ["path", "label", "probability", "threshold", "model", "error"]
+    assert list(rows[0]) == [
+        *("path", "label", "probability", "threshold", "model", "error"),
+        *("familiar", "familiarity"),
+    ]
 
 
 def test_only_filters_rows(runner, model_copy, photos):
@@ -155,7 +161,7 @@ def test_table_off_a_terminal_is_one_line_per_image_with_full_paths(runner, mode
     assert [line.split()[0] for line in lines[1:]] == [
         str(deep / f"photo_{i}.jpg") for i in range(3)
     ]
-    assert r.stderr.startswith("model tiny: 3 images, ")
+    assert r.stderr.splitlines()[-1].startswith("model tiny: 3 images, ")
 
 
 def test_threshold_override_changes_labels_not_probabilities(runner, model_copy, photos):

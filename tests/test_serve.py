@@ -414,21 +414,39 @@ def test_public_host_without_token_warns(tmp_path, trained_model):
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(default_server):
-    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in examples()]
+    # Phases, not delays: half the body is on the wire, then SIGTERM, then (once the server
+    # refuses new connections, i.e. it is draining) the rest. The answer must still come.
+    photo = examples()[0].read_bytes()
+    half_sent, go_on = threading.Event(), threading.Event()
     answer: dict[str, Any] = {}
+
+    def body() -> Iterator[bytes]:
+        yield photo[: len(photo) // 2]
+        half_sent.set()  # runs once the first half has been written to the socket
+        go_on.wait(60)
+        yield photo[len(photo) // 2 :]
 
     def post() -> None:
         with default_server.client() as c:
-            answer["r"] = c.post("/v1/predict?heatmap=1", files=files)
-        answer["done"] = time.monotonic()
+            headers = {"Content-Type": "image/jpeg"}
+            answer["r"] = c.post("/v1/predict?heatmap=1", content=body(), headers=headers)
 
     worker = threading.Thread(target=post)
     worker.start()
-    time.sleep(0.5)  # the request is in flight: 12 photos with heatmaps take seconds
-    signalled = time.monotonic()
+    assert half_sent.wait(60)
     default_server.proc.send_signal(signal.SIGTERM)
+    draining = False
+    for _ in range(600):  # at most 60 s, in 0.1 s steps, until a new connection is refused
+        try:
+            with httpx.Client(base_url=default_server.url, timeout=1, trust_env=False) as c:
+                c.get("/healthz")
+        except httpx.TransportError:
+            draining = True
+            break
+        time.sleep(0.1)
+    go_on.set()
     worker.join(timeout=120)
-    assert answer["done"] > signalled  # it was still in flight when the signal came
-    assert answer["r"].status_code == 200
+    assert draining, "the server never stopped accepting connections after SIGTERM"
+    assert answer["r"].status_code == 200, answer["r"].text
     assert all(row["heatmap"] for row in answer["r"].json()["results"])
     assert default_server.proc.wait(timeout=60) == 0

@@ -818,3 +818,11 @@ def fit_familiarity(folder: Path, splits: DatasetSplits) -> None:
     from smokerdet.familiarity import fit_for_model
 
     fit_for_model(folder, [s.path for s in splits.train], [s.path for s in splits.val])
+
+
+def plot_curves(folder: Path, history: list[EpochStats]) -> None:
+    """``curves.png`` in the model folder: loss, validation F1 and learning rate per epoch."""
+    from smokerdet.plots import TRAINING_FILE, plot_training
+
+    if history:
+        plot_training(history, folder / TRAINING_FILE)

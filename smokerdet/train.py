@@ -32,6 +32,7 @@ from smokerdet.loop import (
     fit_familiarity,
     interrupted,
     phases,
+    plot_curves,
     prepare,
     run_phase,
     start_info,
@@ -148,6 +149,7 @@ def train(
             # After the resume state is gone: a kill here leaves a whole model that only
             # lacks familiarity stats (predict says so), never a half-finished run.
             fit_familiarity(folder, data.splits)
+            plot_curves(folder, state.history)
 
     metrics = state.meta.val_metrics
     return TrainResult(

@@ -79,3 +79,8 @@ def test_importing_smokerdet_does_not_import_matplotlib():
     code = "import smokerdet, smokerdet.plots, sys; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_training_writes_its_curves_into_the_model_folder(trained_model):
+    # The session's tiny model was really trained through the CLI.
+    assert _decoded(trained_model / TRAINING_FILE) == (SIZE[0], SIZE[1] * 2)

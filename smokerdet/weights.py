@@ -15,12 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,22 +144,36 @@ def _hub_download(arch: str, repo: str, endpoint: str | None, force: bool) -> Pa
 
     existed = weights_dir().exists()
     try:
-        return Path(
-            hf_hub_download(
-                repo,
-                FILENAME,
-                cache_dir=weights_dir(),
-                endpoint=endpoint,
-                force_download=force,
-                library_name="smokerdet",
-                library_version=__version__,
-                tqdm_class=_progress_bar(),
+        with _quiet_hub_retries():
+            return Path(
+                hf_hub_download(
+                    repo,
+                    FILENAME,
+                    cache_dir=weights_dir(),
+                    endpoint=endpoint,
+                    force_download=force,
+                    library_name="smokerdet",
+                    library_version=__version__,
+                    tqdm_class=_progress_bar(),
+                )
             )
-        )
     except Exception as e:
         if cached_file(repo) is None:
             _forget(repo, remove_root=not existed)
         raise _hub_error(e, arch, repo, endpoint) from None
+
+
+@contextlib.contextmanager
+def _quiet_hub_retries() -> Iterator[None]:
+    """Silence the Hub client's per-retry warnings (raw socket errors, one line per try):
+    smokerdet reports the outcome once, as an ``Error:`` with a hint."""
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_log.setLevel(level)
 
 
 def _progress_bar() -> Any:

@@ -15,6 +15,24 @@ from smokerdet.cli import app
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
+# A `python -c` program that runs smokerdet, fails it at the first import of torch, timm or
+# torchvision (printing who imported it), and lists at exit the ones loaded anyway.
+NO_TORCH = """
+import runpy, sys, traceback
+class Forbid:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "timm", "torchvision"):
+            traceback.print_stack()
+            raise ImportError("forbidden import: " + name)
+sys.meta_path.insert(0, Forbid())
+sys.argv = ["smokerdet", *sys.argv[1:]]
+try:
+    runpy.run_module("smokerdet", run_name="__main__")
+finally:
+    bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision"))
+    print("imported:", bad, file=sys.stderr)
+"""
+
 
 @pytest.fixture(autouse=True)
 def smokerdet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

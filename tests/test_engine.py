@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, NO_TORCH
 from PIL import Image
 from test_hostile import build_corpus
 
@@ -129,24 +129,6 @@ def test_golden_probabilities_on_both_backends(backend: str):
     for name, expected in golden.items():
         assert preds[name].label == expected["label"], name
         assert preds[name].probability == pytest.approx(expected["probability"], abs=2e-4), name
-
-
-# Fails the run at the first import of torch, timm or torchvision, and names what imported it.
-NO_TORCH = """
-import runpy, sys, traceback
-class Forbid:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "timm", "torchvision"):
-            traceback.print_stack()
-            raise ImportError("forbidden import: " + name)
-sys.meta_path.insert(0, Forbid())
-sys.argv = ["smokerdet", *sys.argv[1:]]
-try:
-    runpy.run_module("smokerdet", run_name="__main__")
-finally:
-    bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision"))
-    print("imported:", bad, file=sys.stderr)
-"""
 
 
 def test_predict_with_the_shipped_model_never_imports_torch(tmp_path: Path):

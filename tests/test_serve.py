@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import EXAMPLES, synthetic_image
+from conftest import EXAMPLES, NO_TORCH, synthetic_image
 from PIL import Image
 
 import smokerdet
@@ -148,25 +148,6 @@ def test_raw_body_heatmap_is_a_png_of_the_photo_size(default_server):
     heat = Image.open(io.BytesIO(base64.b64decode(row["heatmap"][len(prefix) :])))
     assert heat.format == "PNG" and heat.size == Image.open(photo).size
     assert heat.mode == "RGBA" and heat.getextrema()[3][1] > 0  # something is hot
-
-
-# Any import of torch, timm or torchvision fails (and is printed); at exit the process lists the
-# ones that are loaded anyway.
-NO_TORCH = """
-import runpy, sys, traceback
-class Forbid:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "timm", "torchvision"):
-            traceback.print_stack()
-            raise ImportError("forbidden import: " + name)
-sys.meta_path.insert(0, Forbid())
-sys.argv = ["smokerdet", *sys.argv[1:]]
-try:
-    runpy.run_module("smokerdet", run_name="__main__")
-finally:
-    bad = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "torchvision"))
-    print("imported:", bad, file=sys.stderr)
-"""
 
 
 def test_serving_the_shipped_model_never_imports_torch(tmp_path):

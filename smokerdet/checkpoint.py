@@ -49,6 +49,8 @@ class ModelMeta:
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     tta: str | None = None
     val_metrics: dict[str, Any] = field(default_factory=dict)
+    # ``smokerdet train --cv``: the cross-validated estimate (see smokerdet.crossval).
+    cv_metrics: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     train_args: dict[str, Any] = field(default_factory=dict)

@@ -126,6 +126,9 @@ class TrainConfig:
     """Store the weights in fp16, half the size."""
     ema: float = 0.0
     """EMA decay per step for the validated and saved weights (0: off, e.g. 0.99)."""
+    cv: int = 0
+    """Choose the epoch count and threshold by K-fold cross-validation over the training and
+    validation photos, then train the final model on all of them; 0 disables."""
 
     def __post_init__(self) -> None:
         _check_common(batch_size=self.batch_size, workers=self.workers, device=self.device)
@@ -150,6 +153,11 @@ class TrainConfig:
             raise ConfigError(f"--lp-epochs must be >= 0, got {self.lp_epochs}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.cv < 0 or self.cv == 1:
+            raise ConfigError(
+                f"--cv must be 0 (off) or at least 2 folds, got {self.cv}",
+                hint="--cv 5 is a common choice",
+            )
         if self.weights is not None and self.init is not None:
             raise ConfigError("--weights and --init both say where to start: give one")
         if self.name is not None:

@@ -418,6 +418,7 @@ def prepare(
     saved: ResumeState | None = None,
     start: Start | None = None,
     world: distributed.World | None = None,
+    splits: DatasetSplits | None = None,
 ) -> tuple[LoopState, TrainData]:
     """Seed, build or restore the model, load the data: a state ready for the first epoch.
 
@@ -428,11 +429,13 @@ def prepare(
         saved: a resumable state to continue from.
         start: the model to start from; default :func:`build_start` of ``cfg``.
         world: this rank's place in a torchrun run; default one process.
+        splits: the photos to train and validate on, instead of those :func:`find_splits`
+            finds in ``cfg.data`` (a cross-validation fold).
     """
     import torch
 
     world = world or distributed.World()
-    splits = find_splits(cfg)
+    splits = splits or find_splits(cfg)
     seed_everything(cfg.seed)
     if saved is not None:
         meta = ModelMeta.from_dict(saved.json["meta"], where="resume state")
@@ -621,6 +624,17 @@ def validate(state: LoopState, data: TrainData) -> Validation | None:
     if not y:
         return None
     return validation_of(y, [p for _, ps in slices for p in ps])
+
+
+def score_samples(
+    loaded: LoadedModel, samples: Sequence[Sample], device: str = "cpu"
+) -> list[tuple[str, int, float]]:
+    """(path, label, probability) of each readable sample, scored as validation is."""
+    x, y, skipped = eval_tensors(samples, loaded.meta.data_config)
+    loaded.model.eval().to(device)
+    unread = {path for path, _ in skipped}
+    paths = [str(s.path) for s in samples if str(s.path) not in unread]
+    return list(zip(paths, y, _probs(loaded, x, device), strict=True))
 
 
 def calibrate(loaded: LoadedModel, samples: Sequence[Sample], device: str = "cpu") -> Validation:

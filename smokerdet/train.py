@@ -22,6 +22,7 @@ from typing import Any
 from smokerdet import distributed
 from smokerdet.checkpoint import check_name, model_lock
 from smokerdet.config import TrainConfig
+from smokerdet.data import DatasetSplits
 from smokerdet.errors import ConfigError
 from smokerdet.loop import (
     Criterion,
@@ -94,6 +95,7 @@ def train(
     resume: bool = False,
     start: Start | None = None,
     criterion: Criterion | None = None,
+    splits: DatasetSplits | None = None,
 ) -> TrainResult:
     """Train a model and save the best epoch's weights to ``<data dir>/models/<name>/``.
 
@@ -112,6 +114,8 @@ def train(
         start: the model to start from, instead of the one ``cfg`` describes (experiments
             such as ``scripts/distill.py``; ignored when resuming).
         criterion: a loss to use instead of BCE, ``criterion(logits, inputs, targets)``.
+        splits: the photos to train and validate on, instead of those found in ``cfg.data``
+            (:mod:`smokerdet.crossval` passes its folds; an empty ``val`` saves every epoch).
 
     Raises:
         DatasetNotFoundError, DatasetLayoutError: no usable data.
@@ -127,7 +131,7 @@ def train(
         name = distributed.on_main(lambda: _claim(cfg, resume, stack))
         folder = models_dir() / name
         saved = read_resume_state(folder) if resume else None
-        state, data = prepare(cfg, folder, device, saved, start, world)
+        state, data = prepare(cfg, folder, device, saved, start, world, splits)
         reporter.on_start(start_info(state, data, saved.epoch if saved else None))
         if saved is None and world.is_main:  # --overwrite: an old run's state goes now
             shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)
@@ -193,8 +197,14 @@ def resume_training(name: str, reporter: TrainReporter | None = None) -> TrainRe
 
     Raises:
         ModelNotFoundError: no model of that name, or it has nothing to resume.
+        ConfigError: it is the final model of a ``--cv`` run (those start again).
     """
     check_name(name)
     state = read_resume_state(models_dir() / name)
     cfg = TrainConfig(**{**state.json["config"], "name": name})
+    if cfg.cv:
+        raise ConfigError(
+            f"{name} is the final model of a --cv run, which can't be resumed",
+            hint="run the same smokerdet train --cv command again, with --overwrite",
+        )
     return train(cfg, reporter, resume=True)

@@ -24,6 +24,7 @@ from smokerdet.errors import Interrupted, SmokerdetError
 from smokerdet.metrics import BinaryMetrics
 
 if TYPE_CHECKING:
+    from smokerdet.crossval import CVResult
     from smokerdet.download import DownloadReport
     from smokerdet.evaluate import EvalReport
     from smokerdet.info import Info
@@ -292,7 +293,7 @@ class RichTrainReporter:
         )
 
 
-def render_train(result: TrainResult) -> None:
+def render_train(result: TrainResult, threshold_from: str = "best val F1") -> None:
     """Summary of a training run on stdout."""
     console = out()
     table = Table(title=f"Trained {result.name}", title_justify="left", show_header=False)
@@ -305,7 +306,7 @@ def render_train(result: TrainResult) -> None:
         f"{result.best_epoch} of {result.epochs_run}"
         + (" (early stop)" if result.stopped_early else ""),
     )
-    table.add_row("threshold (best val F1)", fmt(result.threshold))
+    table.add_row(f"threshold ({threshold_from})", fmt(result.threshold))
     table.add_row("time", f"{result.seconds:.1f}s")
     if result.skipped:
         table.add_row("skipped files", str(len(result.skipped)))
@@ -313,6 +314,35 @@ def render_train(result: TrainResult) -> None:
     if result.val_metrics:
         print_metrics(result.val_metrics, "Validation metrics of the saved model")
     console.print(f"Saved to {escape(str(result.path))}")
+
+
+def render_cv(result: CVResult) -> None:
+    """``train --cv``: the fold table with mean ± sd, then the final model's summary."""
+    table = Table(
+        title=f"Cross-validation, {result.k} folds: metrics on each held-out fold at the CV "
+        f"threshold {result.threshold:.4f} (threshold: the fold model's own best)",
+        title_justify="left",
+    )
+    for column in ("fold", "epochs", "threshold", "acc", "F1", "AUC"):
+        table.add_column(column, justify="left" if column == "fold" else "right")
+    for f in result.folds:
+        m = f.metrics
+        table.add_row(
+            str(f.fold),
+            str(f.best_epoch),
+            fmt(f.threshold),
+            fmt(m.accuracy),
+            fmt(m.f1),
+            fmt(m.roc_auc),
+        )
+    table.add_section()
+    mean, sd = result.mean, result.sd
+    cells = [f"{fmt(mean[k])} ± {fmt(sd[k])}" for k in ("accuracy", "f1", "roc_auc")]
+    table.add_row("mean ± sd", f"{result.epochs} (median)", "", *cells)
+    p = result.pooled
+    table.add_row("pooled", "", fmt(result.threshold), fmt(p.accuracy), fmt(p.f1), fmt(p.roc_auc))
+    out().print(table)
+    render_train(result.final, threshold_from="cross-validated")
 
 
 def render_eval(report: EvalReport) -> None:

@@ -31,6 +31,7 @@ SmoothingOpt = Annotated[float, option(C, "label_smoothing")]
 TtaOpt = Annotated[bool, option(C, "tta")]
 EmaOpt = Annotated[float, option(C, "ema")]
 HalfOpt = Annotated[bool, option(C, "half")]
+CvOpt = Annotated[int, option(C, "cv", metavar="K")]
 ResumeOpt = Annotated[
     str | None,
     typer.Option(
@@ -65,13 +66,16 @@ def train(
     tta: TtaOpt = C.tta,
     ema: EmaOpt = C.ema,
     half: HalfOpt = C.half,
+    cv: CvOpt = C.cv,
     resume: ResumeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on labelled photos and save it in the data dir.
 
     The best epoch by validation F1 is kept, and its decision threshold is chosen on the
-    validation split.
+    validation split. With --cv K, the epoch count and threshold come from K-fold
+    cross-validation instead, and the model is trained on all the training and validation
+    photos.
 
     On several processes or GPUs, launch it with torchrun (--batch-size is then per process):
 
@@ -83,14 +87,23 @@ def train(
     \b
         smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
     """
-    from smokerdet.cli._output import RichTrainReporter, print_json, render_train, say
+    from smokerdet.cli._output import RichTrainReporter, print_json, render_cv, render_train, say
+    from smokerdet.crossval import CVResult, cross_validate
     from smokerdet.distributed import quiet_unless_main
-    from smokerdet.train import TrainReporter, resume_training
+    from smokerdet.errors import ConfigError
+    from smokerdet.train import TrainReporter, TrainResult, resume_training
     from smokerdet.train import train as run_train
 
     main_rank = quiet_unless_main()
     reporter = RichTrainReporter() if main_rank else TrainReporter()
+    result: TrainResult | CVResult
     if resume is not None:
+        if cv:
+            raise ConfigError(
+                "--cv and --resume can't be combined: --resume continues an interrupted run "
+                "with that run's own options",
+                hint="drop --cv to resume, or start a new --cv run without --resume",
+            )
         result = resume_training(resume, reporter)
     else:
         cfg = C(
@@ -116,11 +129,18 @@ def train(
             tta=tta,
             ema=ema,
             half=half,
+            cv=cv,
         )
-        result = run_train(cfg, reporter)
+        result = cross_validate(cfg, reporter) if cfg.cv else run_train(cfg, reporter)
     if main_rank:
-        print_json(result.to_dict()) if json_out else render_train(result)
+        if json_out:
+            print_json(result.to_dict())
+        elif isinstance(result, CVResult):
+            render_cv(result)
+        else:
+            render_train(result)
+        final = result.final if isinstance(result, CVResult) else result
         say(
-            f"use it with: smokerdet predict --model {result.name} PHOTOS... "
-            f"or smokerdet models default {result.name}"
+            f"use it with: smokerdet predict --model {final.name} PHOTOS... "
+            f"or smokerdet models default {final.name}"
         )

@@ -6,9 +6,12 @@ import pytest
 from conftest import TINY_TRAIN_ARGS, write_flat
 
 from smokerdet.cli import app
-from smokerdet.crossval import make_folds
+from smokerdet.config import TrainConfig
+from smokerdet.crossval import cross_validate, make_folds
 from smokerdet.data import find_dataset
+from smokerdet.errors import ConfigError
 from smokerdet.metrics import best_threshold, binary_metrics
+from smokerdet.train import TrainingInterrupted, TrainReporter, resume_training
 
 
 @pytest.fixture
@@ -91,3 +94,36 @@ def test_cv_larger_than_smallest_class_gives_the_counts(runner, tmp_path):
     n = sum(s.label for s in pool.train + pool.val)
     assert f"hold {n} smoking and" in r.stderr
     assert "Hint: use --cv" in r.stderr
+
+
+class StopInFinalRun(TrainReporter):
+    """Ctrl-C after the first epoch of the final model (the third run of a 2-fold --cv)."""
+
+    runs = 0
+
+    def on_start(self, info):
+        self.runs += 1
+
+    def on_epoch_end(self, stats):
+        if self.runs == 3:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_cv_run_says_start_again_and_cannot_be_resumed(data):
+    cfg = TrainConfig(
+        arch="resnet10t",
+        pretrained=False,
+        img_size=32,
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        data=data,
+        name="cvi",
+        cv=2,
+        patience=0,
+    )
+    with pytest.raises(TrainingInterrupted, match="cross-validation of cvi interrupted") as e:
+        cross_validate(cfg, StopInFinalRun())
+    assert "start again with the same command" in e.value.hint
+    with pytest.raises(ConfigError, match="final model of a --cv run, which can't be resumed"):
+        resume_training("cvi")

@@ -202,12 +202,12 @@ def predict(
     Args:
         inputs: files, folders, glob patterns, ``-`` for stdin, or :func:`expand_inputs` output.
         model: a model name, folder, ``.onnx`` file, ``latest`` or ``default``; by default the
-            latest trained model, else the one shipped in the package.
+            model chosen with ``smokerdet models default``, else the one shipped in the package.
         threshold: probability from which an image is labelled smoking; defaults to the
             threshold stored in the model (chosen on validation data).
-        batch_size: images per forward pass (default: 8 with ONNX, 4 with torch).
-        workers: with ONNX, decoding threads (default: one per core, at most 4); with torch on
-            a CPU, worker processes that decode and score (0 scores in this process).
+        batch_size: images per forward pass (default: 1 with ONNX, 4 with torch).
+        workers: worker processes that decode and score (default: one per core, at most 4,
+            from 32 photos up with ONNX; 0 scores in this process).
         device: auto, cpu, cuda or mps; ONNX runs on the CPU, a GPU means torch.
         recursive: walk folders recursively.
         backend: auto (ONNX when the model has an ONNX file), onnx or torch.

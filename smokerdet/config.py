@@ -60,6 +60,7 @@ def field_help(cls: type) -> dict[str, str]:
 
 
 BACKENDS = ("auto", "onnx", "torch")
+RECIPES = ("auto", "head", "full")
 
 
 def _check_common(
@@ -128,7 +129,12 @@ class TrainConfig:
     """EMA decay per step for the validated and saved weights (0: off, e.g. 0.99)."""
     cv: int = 0
     """Choose the epoch count and threshold by K-fold cross-validation over the training and
-    validation photos, then train the final model on all of them; 0 disables."""
+    validation photos, then train the final model on all of them; 0 disables. With the
+    head recipe: the folds that pick the site's threshold (default: up to 5)."""
+    recipe: str = "auto"
+    """With --init: 'head' refits only the classifier on the frozen backbone (with rehearsal
+    of the original photos and a threshold cross-validated on yours), 'full' fine-tunes
+    everything; 'auto' takes head up to 300 photos."""
 
     def __post_init__(self) -> None:
         _check_common(batch_size=self.batch_size, workers=self.workers, device=self.device)
@@ -157,6 +163,13 @@ class TrainConfig:
             raise ConfigError(
                 f"--cv must be 0 (off) or at least 2 folds, got {self.cv}",
                 hint="--cv 5 is a common choice",
+            )
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+        if self.recipe == "head" and self.init is None:
+            raise ConfigError(
+                "--recipe head refits the head of an existing model: it needs --init",
+                hint="add --init default (or a model name), or drop --recipe",
             )
         if self.weights is not None and self.init is not None:
             raise ConfigError("--weights and --init both say where to start: give one")

@@ -44,7 +44,7 @@ from smokerdet.loop import (
 from smokerdet.metrics import BinaryMetrics, best_threshold, binary_metrics
 from smokerdet.model import pick_device
 from smokerdet.paths import models_dir
-from smokerdet.train import TrainResult, train
+from smokerdet.train import TrainResult, head_recipe, train
 
 __all__ = ["CVFold", "CVResult", "cross_validate", "make_folds"]
 
@@ -133,7 +133,9 @@ def check_folds(k: int, samples: list[Sample]) -> None:
         )
 
 
-def cross_validate(cfg: TrainConfig, reporter: TrainReporter | None = None) -> CVResult:
+def cross_validate(
+    cfg: TrainConfig, reporter: TrainReporter | None = None
+) -> CVResult | TrainResult:
     """Cross-validate ``cfg`` with ``cfg.cv`` folds, then train and save the final model.
 
     Raises:
@@ -141,6 +143,8 @@ def cross_validate(cfg: TrainConfig, reporter: TrainReporter | None = None) -> C
         TrainingInterrupted: Ctrl-C; the run must start again (fold models are removed).
         Everything :func:`smokerdet.train.train` raises.
     """
+    if head_recipe(cfg):  # the head recipe cross-validates inside the site's photos itself
+        return train(cfg, reporter)
     if cfg.cv < 2:
         raise ConfigError(f"--cv must be at least 2 to cross-validate, got {cfg.cv}")
     splits = find_splits(cfg)

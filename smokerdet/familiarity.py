@@ -283,19 +283,24 @@ def load_for(engine: Engine) -> Familiarity | None:
     return stats
 
 
-def pooled_features(engine: Engine, paths: Sequence[Path], batch_size: int = 8) -> np.ndarray:
-    """Pooled features ``(N, C)`` of the readable photos among ``paths`` (others skipped)."""
+def pooled_features(
+    engine: Engine, paths: Sequence[Path], batch_size: int = 8, kept: list[int] | None = None
+) -> np.ndarray:
+    """Pooled features ``(N, C)`` of the readable photos among ``paths`` (others skipped);
+    ``kept``, when given, receives the index in ``paths`` of each row."""
     from smokerdet.images import load_image, preprocess
 
     cfg = engine.meta.data_config
     rows: list[np.ndarray] = []
     for i in range(0, len(paths), batch_size):
         batch: list[Any] = []
-        for p in paths[i : i + batch_size]:
+        for j, p in enumerate(paths[i : i + batch_size], start=i):
             try:
                 batch.append(preprocess(load_image(p, draft_size=cfg.input_size), cfg))
             except Exception:  # an unreadable photo only leaves the description
                 continue
+            if kept is not None:
+                kept.append(j)
         if batch:
             rows.append(engine.features_arrays(np.stack(batch))[1])
     return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
@@ -308,6 +313,7 @@ def fit_for_model(
     *,
     dims: int = DEFAULT_DIMS,
     backend: str = "auto",
+    train_labels: Sequence[int] | None = None,
 ) -> Path | None:
     """Fit a model's familiarity stats on its training photos, calibrate on its validation
     photos, and write them beside its weights. Returns the file, or None (with a note) when
@@ -319,11 +325,18 @@ def fit_for_model(
         val_paths: its validation photos (may be empty: the cut then comes from training).
         dims: principal directions kept.
         backend: ``auto`` (ONNX when the folder has model.onnx), ``onnx`` or ``torch``.
+        train_labels: the training photos' labels; given, a sample of the same features is
+            also kept as the model's rehearsal rows (:mod:`smokerdet.rehearsal`).
     """
+    from smokerdet import rehearsal
     from smokerdet.engine import open_engine
 
     engine = open_engine(Path(folder), backend=backend, device="cpu")
-    train = pooled_features(engine, train_paths)
+    kept: list[int] = []
+    train = pooled_features(engine, train_paths, kept=kept)
+    if train_labels is not None and len(train):
+        labels = np.asarray(train_labels)[kept]
+        rehearsal.save(Path(folder), train, labels, engine.meta.weights_sha256)
     if len(train) < MIN_PHOTOS:
         log.info(
             "%d readable training photos: too few to describe, so %s has no familiarity stats",

@@ -104,6 +104,9 @@ class TrainReporter:
     def on_epoch_end(self, stats: EpochStats) -> None:
         """Called after each epoch's validation."""
 
+    def on_note(self, message: str) -> None:
+        """Called with a line worth telling the user (e.g. which recipe runs)."""
+
 
 class TrainingInterrupted(Interrupted):
     """Ctrl-C during training; the last finished epoch is on disk."""
@@ -311,7 +314,9 @@ def find_splits(cfg: TrainConfig) -> DatasetSplits:
 
 def _find_splits(cfg: TrainConfig) -> DatasetSplits:
     data_root = resolve_data_root(cfg.data)
-    splits = find_dataset(data_root, seed=cfg.seed)
+    # Adapting head-only cross-validates inside the site's photos: no validation split needed.
+    head_only = cfg.init is not None and cfg.recipe != "full"
+    splits = find_dataset(data_root, seed=cfg.seed, need_val=not head_only)
     if not splits.train:
         raise DatasetLayoutError(f"no training images in {data_root}", hint="check --data")
     if len({s.label for s in splits.train}) < 2:
@@ -828,10 +833,16 @@ def export_saved(folder: Path) -> None:
 
 def fit_familiarity(folder: Path, splits: DatasetSplits) -> None:
     """Describe the training photos in feature space beside the saved model, so that predict
-    can say when photos look unlike them (:mod:`smokerdet.familiarity`)."""
+    can say when photos look unlike them (:mod:`smokerdet.familiarity`), and keep a sample
+    of their features for site adaptation (:mod:`smokerdet.rehearsal`)."""
     from smokerdet.familiarity import fit_for_model
 
-    fit_for_model(folder, [s.path for s in splits.train], [s.path for s in splits.val])
+    fit_for_model(
+        folder,
+        [s.path for s in splits.train],
+        [s.path for s in splits.val],
+        train_labels=[s.label for s in splits.train],
+    )
 
 
 def plot_curves(folder: Path, history: list[EpochStats]) -> None:

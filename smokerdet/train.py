@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from smokerdet import distributed
+from smokerdet.adapt import adapt_head, choose_recipe, site_photos
 from smokerdet.checkpoint import check_name, model_lock
 from smokerdet.config import TrainConfig
 from smokerdet.data import DatasetSplits
@@ -30,6 +31,7 @@ from smokerdet.loop import (
     Start,
     TrainingInterrupted,
     TrainReporter,
+    find_splits,
     fit_familiarity,
     interrupted,
     phases,
@@ -70,6 +72,8 @@ class TrainResult:
     counts: dict[str, dict[str, int]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    recipe: str = "full"
+    adaptation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,8 @@ class TrainResult:
             "counts": self.counts,
             "skipped": [{"path": p, "error": e} for p, e in self.skipped],
             "seconds": self.seconds,
+            "recipe": self.recipe,
+            "adaptation": self.adaptation,
         }
 
 
@@ -125,6 +131,8 @@ def train(
     """
     reporter = reporter or TrainReporter()
     started = time.perf_counter()
+    if not distributed.current().distributed and head_recipe(cfg, resume, start):
+        return _adapt(cfg, reporter, splits or find_splits(cfg), started)
     device = pick_device(cfg.device)
     with distributed.session(device) as world, ExitStack() as stack:
         # One rank decides (the name has a timestamp) and checks; every rank gets its answer.
@@ -169,6 +177,46 @@ def train(
         counts=data.splits.counts(),
         skipped=list(dict.fromkeys(skipped)),  # training files: each rank reports them
         seconds=time.perf_counter() - started,
+    )
+
+
+def head_recipe(cfg: TrainConfig, resume: bool = False, start: Start | None = None) -> bool:
+    """Whether ``cfg`` adapts an existing model head-only (see :mod:`smokerdet.adapt`)."""
+    if cfg.init is None or resume or start is not None or cfg.recipe == "full":
+        return False
+    if cfg.recipe == "head":
+        return True
+    splits = find_splits(cfg)
+    return choose_recipe(cfg.recipe, len(site_photos(splits))) == "head"
+
+
+def _adapt(
+    cfg: TrainConfig, reporter: TrainReporter, splits: DatasetSplits, started: float
+) -> TrainResult:
+    pooled = site_photos(splits)
+    reporter.on_note(
+        f"Adapting {cfg.init} head-only (--recipe {cfg.recipe}) to {len(pooled)} photos "
+        f"in {splits.root}"
+    )
+    with ExitStack() as stack:
+        name = _claim(cfg, False, stack)
+        folder = models_dir() / name
+        meta, metrics, record = adapt_head(cfg, name, folder, splits)
+    pos = sum(s.label for s in pooled)
+    return TrainResult(
+        name=name,
+        path=folder,
+        arch=meta.arch,
+        best_epoch=0,
+        epochs_run=0,
+        stopped_early=False,
+        threshold=meta.threshold,
+        val_metrics=metrics,
+        history=[],
+        counts={"site": {"smoking": pos, "not_smoking": len(pooled) - pos}},
+        seconds=time.perf_counter() - started,
+        recipe="head",
+        adaptation=record,
     )
 
 

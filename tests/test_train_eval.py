@@ -158,6 +158,8 @@ def test_init_starts_from_the_given_weights(runner, model_copy, flat_data):
         app,
         [
             "train",
+            "--recipe",
+            "full",
             "--init",
             str(model_copy),
             "--data",

@@ -226,6 +226,9 @@ class RichTrainReporter:
         self.progress: Any = None
         self.task: Any = None
 
+    def on_note(self, message: str) -> None:
+        self.console.print(escape(message))
+
     def on_start(self, info: dict[str, Any]) -> None:
         c = info["counts"]
         origin = info["origin"]
@@ -301,18 +304,31 @@ def render_train(result: TrainResult, threshold_from: str = "best val F1") -> No
     table.add_column("value", overflow="fold")
     table.add_row("model", str(result.path))
     table.add_row("arch", result.arch)
-    table.add_row(
-        "best epoch",
-        f"{result.best_epoch} of {result.epochs_run}"
-        + (" (early stop)" if result.stopped_early else ""),
-    )
+    if result.adaptation:
+        a = result.adaptation
+        table.add_row(
+            "recipe",
+            f"head only, on {a['photos']} photos + {a['rehearsal_rows']} rehearsal rows "
+            f"of {escape(a['init'])}'s training photos",
+        )
+    else:
+        table.add_row(
+            "best epoch",
+            f"{result.best_epoch} of {result.epochs_run}"
+            + (" (early stop)" if result.stopped_early else ""),
+        )
     table.add_row(f"threshold ({threshold_from})", fmt(result.threshold))
     table.add_row("time", f"{result.seconds:.1f}s")
     if result.skipped:
         table.add_row("skipped files", str(len(result.skipped)))
     console.print(table)
     if result.val_metrics:
-        print_metrics(result.val_metrics, "Validation metrics of the saved model")
+        title = (
+            f"Cross-validated metrics on the site's photos ({result.adaptation['folds']} folds)"
+            if result.adaptation
+            else "Validation metrics of the saved model"
+        )
+        print_metrics(result.val_metrics, title)
     console.print(f"Saved to {escape(str(result.path))}")
 
 

@@ -32,6 +32,7 @@ TtaOpt = Annotated[bool, option(C, "tta")]
 EmaOpt = Annotated[float, option(C, "ema")]
 HalfOpt = Annotated[bool, option(C, "half")]
 CvOpt = Annotated[int, option(C, "cv", metavar="K")]
+RecipeOpt = Annotated[str, option(C, "recipe", metavar="auto|head|full")]
 ResumeOpt = Annotated[
     str | None,
     typer.Option(
@@ -67,6 +68,7 @@ def train(
     ema: EmaOpt = C.ema,
     half: HalfOpt = C.half,
     cv: CvOpt = C.cv,
+    recipe: RecipeOpt = C.recipe,
     resume: ResumeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -76,6 +78,13 @@ def train(
     validation split. With --cv K, the epoch count and threshold come from K-fold
     cross-validation instead, and the model is trained on all the training and validation
     photos.
+
+    To adapt a model to your site's photos, pass --init: up to 300 photos, only its head is
+    refitted (with rehearsal of its original training photos and a threshold
+    cross-validated on yours); more photos fine-tune the whole model (--recipe overrides).
+
+    \b
+        smokerdet train --init default --data ./my-site-photos --name my-site
 
     On several processes or GPUs, launch it with torchrun (--batch-size is then per process):
 
@@ -130,6 +139,7 @@ def train(
             ema=ema,
             half=half,
             cv=cv,
+            recipe=recipe,
         )
         result = cross_validate(cfg, reporter) if cfg.cv else run_train(cfg, reporter)
     if main_rank:
@@ -137,6 +147,8 @@ def train(
             print_json(result.to_dict())
         elif isinstance(result, CVResult):
             render_cv(result)
+        elif result.recipe == "head":
+            render_train(result, threshold_from="cross-validated on the site's photos")
         else:
             render_train(result)
         final = result.final if isinstance(result, CVResult) else result

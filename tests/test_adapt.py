@@ -1,0 +1,196 @@
+"""Site adaptation with few photos: ``train --init M`` refits the head (smokerdet.adapt)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_flat
+from safetensors.torch import load_file
+
+from smokerdet import adapt, rehearsal
+from smokerdet.adapt import HeadFit, fit_head, folds_for
+from smokerdet.checkpoint import load_model, read_meta
+from smokerdet.cli import app
+from smokerdet.config import TrainConfig
+from smokerdet.metrics import best_threshold
+from smokerdet.train import train
+
+ADAPT = ["train", "--workers", "0", "--batch-size", "8"]
+
+
+def _site(tmp_path, n=8):
+    return write_flat(tmp_path / "site", n_per_class=n)
+
+
+def test_a_trained_model_keeps_rehearsal_rows_of_its_training_photos(trained_model):
+    rows = rehearsal.Rehearsal.from_bytes((trained_model / rehearsal.REHEARSAL_FILE).read_bytes())
+    meta = read_meta(trained_model)
+    assert rows.weights_sha256 == meta.weights_sha256
+    assert 8 <= len(rows.labels) < 24  # the training split of the 24 photos, not val or test
+    assert set(rows.labels.tolist()) == {0, 1}
+    assert rows.features.shape[1] == load_model(trained_model).model.num_features
+
+
+def test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold(
+    runner, model_copy, tmp_path, smokerdet_home
+):
+    site = _site(tmp_path)
+    r = runner.invoke(
+        app, [*ADAPT, "--init", "tiny", "--data", str(site), "--name", "site", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["recipe"] == "head" and out["epochs_run"] == 0 and out["history"] == []
+    assert out["adaptation"]["photos"] == 16 and out["adaptation"]["rehearsal_rows"] > 0
+    assert "Adapting tiny head-only" in r.stderr
+
+    folder = smokerdet_home / "models" / "site"
+    old, new = (
+        load_file(str(model_copy / "model.safetensors")),
+        load_file(str(folder / "model.safetensors")),
+    )
+    head = [k for k in old if k.startswith("fc.")]
+    assert head and all(not torch.equal(old[k], new[k]) for k in head)
+    assert all(torch.equal(old[k], new[k]) for k in old if k not in head), "backbone moved"
+
+    meta = read_meta(folder)
+    init = read_meta(model_copy)
+    assert meta.provenance["backbone_weights_sha256"] == init.weights_sha256
+    assert meta.provenance["adaptation"]["recipe"] == "head"
+    assert "cross-validated" in meta.cv_metrics["kind"]
+    assert meta.cv_metrics["k"] == out["adaptation"]["folds"] == 5
+    assert meta.threshold == pytest.approx(out["threshold"])
+    assert meta.data_config == init.data_config and meta.tta == init.tta
+    # It is a whole model: ONNX twin, familiarity for its own weights, rehearsal carried over.
+    for name in ("model.onnx", "familiarity.safetensors", rehearsal.REHEARSAL_FILE):
+        assert (folder / name).is_file(), name
+    r = runner.invoke(app, ["predict", "--model", "site", "--json", str(site)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 16 and all("familiar" in row for row in rows)
+    assert "no familiarity" not in r.stderr and "belongs to other weights" not in r.stderr
+
+
+def test_the_threshold_is_the_best_f1_of_the_out_of_fold_scores(model_copy, tmp_path):
+    """The library path, checked against a recomputation from the same pieces."""
+    site = _site(tmp_path)
+    result = train(TrainConfig(init="tiny", data=site, name="s2", workers=0))
+    from smokerdet.engine import open_engine
+    from smokerdet.familiarity import pooled_features
+
+    samples = sorted(site.glob("*.jpg"))
+    y = np.array([int(p.name.startswith("smoking_")) for p in samples])
+    init = load_model("tiny")
+    x = pooled_features(open_engine("tiny", device="cpu"), samples)
+    c = init.model.get_classifier()
+    start = HeadFit(c.weight.detach().double().numpy().ravel(), float(c.bias.detach()[0]))
+    rows = rehearsal.load(init.path, init.meta)
+    # The splits list photos in path order; folds are seeded by --seed (42).
+    oof = adapt.cross_validate_head(x, y, start, rows, folds_for(y, 0, 42))
+    assert result.threshold == pytest.approx(best_threshold(list(y), list(oof)), abs=1e-6)
+
+
+def test_auto_fine_tunes_the_whole_model_above_the_photo_limit(model_copy, tmp_path, monkeypatch):
+    monkeypatch.setattr(adapt, "HEAD_MAX_PHOTOS", 10)
+    site = _site(tmp_path)
+    result = train(
+        TrainConfig(init="tiny", data=site, name="big", epochs=1, workers=0, batch_size=8)
+    )
+    assert result.recipe == "full" and result.epochs_run == 1 and result.history
+    result = train(TrainConfig(init="tiny", data=site, name="forced", recipe="head", workers=0))
+    assert result.recipe == "head"
+
+
+def test_recipe_head_needs_init(runner, tmp_path):
+    r = runner.invoke(
+        app, [*ADAPT, "--no-pretrained", "--data", str(_site(tmp_path)), "--recipe", "head"]
+    )
+    assert r.exit_code == 2
+    assert "--recipe head refits the head of an existing model: it needs --init" in r.stderr
+
+
+def test_unknown_recipe_is_refused(runner, tmp_path):
+    r = runner.invoke(app, [*ADAPT, "--init", "x", "--data", str(tmp_path), "--recipe", "probe"])
+    assert r.exit_code == 2 and "--recipe must be one of auto, head, full, not 'probe'" in r.stderr
+
+
+def test_a_site_of_one_class_is_a_clear_error(runner, model_copy, tmp_path):
+    site = _site(tmp_path)
+    for p in site.glob("notsmoking_*"):
+        p.unlink()
+    r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site)])
+    assert r.exit_code == 1
+    assert "all of one class" in r.stderr and "Traceback" not in r.output
+
+
+def test_a_site_of_two_photos_is_a_clear_error(runner, model_copy, tmp_path):
+    site = _site(tmp_path, n=1)
+    r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site)])
+    assert r.exit_code == 1, r.output
+    assert "Error: " in r.stderr and "holds 1 smoking and 1 not_smoking photos" in r.stderr
+    assert "adapting needs at least 2 of each class" in r.stderr and "Traceback" not in r.output
+
+
+def test_cv_larger_than_the_smallest_class_names_the_flag(runner, model_copy, tmp_path):
+    site = _site(tmp_path, n=4)
+    r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site), "--cv", "5"])
+    assert r.exit_code == 1, r.output
+    assert "--cv 5 is larger than the smallest class" in r.stderr and "--cv 4 or less" in r.stderr
+
+
+def test_a_corrupt_rehearsal_file_adapts_without_it_and_says_so(runner, model_copy, tmp_path):
+    (model_copy / rehearsal.REHEARSAL_FILE).write_bytes(b"\x00" * 40)
+    r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(_site(tmp_path)), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "is not valid" in r.stderr and "adapting without rehearsal" in r.stderr
+    assert json.loads(r.stdout)["adaptation"]["rehearsal_rows"] == 0
+
+
+def test_rehearsal_of_another_backbone_is_not_used(model_copy, caplog):
+    meta = read_meta(model_copy)
+    meta.weights_sha256 = "0" * 64
+    assert rehearsal.load(model_copy, meta) is None
+    assert "belongs to another backbone" in caplog.text
+
+
+def _blobs(n, shift, rng):
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 8)) + np.outer(2 * y - 1, np.r_[shift, np.zeros(7)])
+    return x, y
+
+
+def test_rehearsal_keeps_what_the_model_knew_while_few_photos_move_the_head():
+    rng = np.random.default_rng(0)
+    old_x, old_y = _blobs(400, 2.0, rng)
+    start = HeadFit(np.r_[2.0, np.zeros(7)], 0.0)
+    # A site where a second feature also tells the classes apart, with a few mislabelled
+    # photos: without rehearsal and pull the head chases them and forgets the first feature.
+    site_x, site_y = _blobs(12, 0.0, rng)
+    site_x[:, 1] += 3 * (2 * site_y - 1)
+    site_y[:2] = 1 - site_y[:2]
+    rows = rehearsal.Rehearsal(old_x, old_y, "sha")
+    kept = fit_head(site_x, site_y, start, rows)
+    loose = fit_head(site_x, site_y, start, None, pull=0.0)
+    acc = lambda h: np.mean((h.probs(old_x) >= 0.5) == old_y)  # noqa: E731
+    assert acc(kept) > 0.9 > acc(loose)
+    assert kept.weight[1] > 0.1  # it did learn the site's own cue
+
+
+def test_a_strong_pull_leaves_the_head_where_it_was():
+    rng = np.random.default_rng(1)
+    x, y = _blobs(20, 1.0, rng)
+    start = HeadFit(rng.normal(size=8), 0.3)
+    held = fit_head(x, y, start, None, pull=1e6)
+    assert np.allclose(held.weight, start.weight, atol=1e-3) and held.bias == pytest.approx(
+        0.3, abs=1e-3
+    )
+
+
+def test_folds_are_stratified_and_capped_by_the_smallest_class():
+    y = np.array([1] * 3 + [0] * 20)
+    fold = folds_for(y, 0, 0)
+    assert fold.max() + 1 == 3
+    for i in range(3):
+        assert (y[fold == i] == 1).sum() == 1
+    assert folds_for(np.array([1] * 30 + [0] * 30), 0, 0).max() + 1 == adapt.MAX_FOLDS

@@ -47,7 +47,7 @@ from smokerdet.familiarity import pooled_features  # noqa: E402
 from smokerdet.metrics import best_threshold, binary_metrics  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
-HELD_OUT = 200  # per class
+HELD_OUT = 200  # per class (a quarter of the photos with --limit)
 
 
 def start_head(base: Path) -> adapt.HeadFit:
@@ -71,6 +71,62 @@ def scored(folder: Path, paths: list[Path], labels: np.ndarray, t: float) -> dic
     m = binary_metrics(list(labels), [got[str(p)] for p in paths], t)
     return {"accuracy": m.accuracy, "f1": m.f1, "roc_auc": m.roc_auc,
             "specificity": m.tn / max(m.tn + m.fp, 1), "recall": m.recall}  # fmt: skip
+
+
+def grid(ns: list[int], repeats: int, site_x: np.ndarray, site_y: np.ndarray, val_x: np.ndarray,
+         val_y: np.ndarray, start: adapt.HeadFit, rows: Any, pool_pos: np.ndarray,
+         pool_neg: np.ndarray, test: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """Held-out site accuracy and SD accuracy (means over draws) for other settings."""
+    out = {}
+    for pull in (0.5, 2.0, 8.0):
+        for weight in (0.25, 0.5, 1.0):
+            row = {}
+            for n in ns:
+                site, sd = [], []
+                for r in range(repeats):
+                    draw = np.random.default_rng([n, r])
+                    idx = np.r_[draw.choice(pool_pos, n // 2, replace=False),
+                                draw.choice(pool_neg, n // 2, replace=False)]  # fmt: skip
+                    x, y = site_x[idx], site_y[idx]
+                    kw = {"pull": pull, "rehearsal_weight": weight}
+                    oof = adapt.cross_validate_head(
+                        x, y, start, rows, adapt.folds_for(y, 0, r), **kw
+                    )
+                    t = best_threshold(list(y), list(oof))
+                    head = adapt.fit_head(x, y, start, rows, **kw)
+                    site.append(score(head, site_x[test], site_y[test], t)["accuracy"])
+                    sd.append(score(head, val_x, val_y, t)["accuracy"])
+                row[str(n)] = {"site": statistics.mean(site), "sd_val": statistics.mean(sd)}
+            out[f"pull {pull}, rehearsal {weight}"] = row
+            print(f"pull {pull} rehearsal {weight}: " + ", ".join(
+                f"N={n} {v['site']:.3f}/{v['sd_val']:.3f}" for n, v in row.items()), flush=True)  # fmt: skip
+    return out
+
+
+def per_source(
+    engine: Any,
+    head: adapt.HeadFit,
+    t: float,
+    extra: Path,
+    somking: list[Path],
+    hagrid: list[Path],
+    looked_x: np.ndarray,
+) -> dict[str, Any]:
+    """The base model on each extra source, as the photos come (raw) and at one look: the
+    share it gets right (recall on somking, specificity on HaGRID and on its hard gestures)."""
+    raw_s = sorted((extra / "somking").rglob("*.jpg"))[: len(somking)]
+    raw_h = sorted((extra / "hagrid").rglob("*.jpg"))[: len(hagrid)]
+    xs = {"raw": (pooled_features(engine, raw_s), pooled_features(engine, raw_h)),
+          "one look": (looked_x[: len(somking)], looked_x[len(somking) :])}  # fmt: skip
+    hard = np.array([p.parent.name in ("call", "mute") for p in raw_h])
+    out = {}
+    for look, (s_x, h_x) in xs.items():
+        ps, ph = head.probs(s_x), head.probs(h_x)
+        out[look] = {"somking recall": float(np.mean(ps >= t)),
+                     "hagrid specificity": float(np.mean(ph < t)),
+                     "hagrid call+mute specificity": float(np.mean(ph[hard] < t)),
+                     "both, accuracy": float((np.sum(ps >= t) + np.sum(ph < t)) / (len(ps) + len(ph)))}  # fmt: skip
+    return out
 
 
 def full_finetune(base: Path, paths: list[Path], labels: list[int], seed: int) -> Path:
@@ -113,11 +169,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--full", type=int, nargs="*", default=[], help="N to fine-tune too")
     parser.add_argument("--full-repeats", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=0, help="photos per source (smoke test)")
+    parser.add_argument(
+        "--grid", action="store_true", help="also try other pulls/rehearsal weights"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    somking = looked(sorted((args.extra / "somking").rglob("*.jpg")))
-    hagrid = looked(sorted((args.extra / "hagrid").rglob("*.jpg")))
+    cap = args.limit or None
+    somking = looked(sorted((args.extra / "somking").rglob("*.jpg"))[:cap])
+    hagrid = looked(sorted((args.extra / "hagrid").rglob("*.jpg"))[:cap])
     ds = find_dataset(args.data)
     engine = open_engine(str(args.base), device="cpu")
     meta = read_meta(args.base)
@@ -137,8 +198,9 @@ def main() -> None:
     pos, neg = np.flatnonzero(site_y == 1), np.flatnonzero(site_y == 0)
     rng.shuffle(pos)
     rng.shuffle(neg)
-    test = np.r_[pos[:HELD_OUT], neg[:HELD_OUT]]
-    pool_pos, pool_neg = pos[HELD_OUT:], neg[HELD_OUT:]
+    held = HELD_OUT if not args.limit else args.limit // 4
+    test = np.r_[pos[:held], neg[:held]]
+    pool_pos, pool_neg = pos[held:], neg[held:]
     start = start_head(args.base)
     report: dict[str, Any] = {"base": str(args.base), "held_out": len(test), "cells": {}}
     base_row = {
@@ -147,6 +209,10 @@ def main() -> None:
     }
     report["cells"]["0"] = {"head": {k: {m: {"mean": v, "sd": 0.0} for m, v in d.items()}
                                      for k, d in base_row.items()}}  # fmt: skip
+    report["base_per_source"] = per_source(
+        engine, start, meta.threshold, args.extra, somking, hagrid, site_x
+    )
+    print(json.dumps(report["base_per_source"], indent=1), flush=True)
     for n in args.n:
         runs: dict[str, list[dict[str, Any]]] = {"head": [], "head_no_rehearsal": [], "full": []}
         for r in range(args.repeats):
@@ -188,6 +254,9 @@ def main() -> None:
         print(f"N={n}: site acc {h['site']['accuracy']['mean']:.3f} ± {h['site']['accuracy']['sd']:.3f} "
               f"auc {h['site']['roc_auc']['mean']:.3f}; sd_val acc {h['sd_val']['accuracy']['mean']:.3f}; "
               f"thresholds {h['threshold_range']}", flush=True)  # fmt: skip
+    if args.grid:
+        report["grid"] = grid(args.n, args.repeats, site_x, site_y, val_x, val_y, start, rows,
+                              pool_pos, pool_neg, test)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

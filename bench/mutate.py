@@ -50,6 +50,8 @@ HTTP = "smokerdet/fetch.py"  # fetch._fetch_once
 CHECKPOINT = "smokerdet/checkpoint.py"  # atomic_write_bytes, save_model
 RESUME_FORMAT = "smokerdet/resume.py"  # write_resume_files
 LOOP = "smokerdet/loop.py"  # run_epoch, restore_progress, restore_phase
+ADAPT = "smokerdet/adapt.py"  # fit_head, adapt_head
+ADAPT_TESTS = "tests/test_adapt.py"
 
 KILLS = "tests/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
 FSYNC = (
@@ -288,6 +290,42 @@ MUTATIONS: list[Mutation] = [
         new="state.epoch = 0",
         tests=(RESUME,),
         proves="a resumed run runs only the epochs left, not all of them again",
+    ),
+    Mutation(
+        id="adapt-forgets-rehearsal",
+        file=ADAPT,
+        old="loss = loss + rehearsal_weight * bce(reh[0] @ w + b, reh[1])",
+        new="pass",
+        tests=(
+            f"{ADAPT_TESTS}::test_rehearsal_keeps_what_the_model_knew_while_few_photos_move_the_head",
+        ),
+        proves="the head refitted on few photos rehearses the original training photos",
+    ),
+    Mutation(
+        id="adapt-no-pull",
+        file=ADAPT,
+        old="strength = pull / max(len(ys), 1)",
+        new="strength = 0.0",
+        tests=(f"{ADAPT_TESTS}::test_a_strong_pull_leaves_the_head_where_it_was",),
+        proves="the refitted head is pulled towards the old one",
+    ),
+    Mutation(
+        id="adapt-threshold-in-sample",
+        file=ADAPT,
+        old="oof = cross_validate_head(site.x, site.y, start, rows, fold)",
+        new="oof = fit_head(site.x, site.y, start, rows).probs(site.x)",
+        tests=(f"{ADAPT_TESTS}::test_the_threshold_is_the_best_f1_of_the_out_of_fold_scores",),
+        proves="the site's threshold comes from out-of-fold scores, not in-sample ones",
+    ),
+    Mutation(
+        id="adapt-moves-the-backbone",
+        file=ADAPT,
+        old="classifier.bias.fill_(head.bias)",
+        new="classifier.bias.fill_(head.bias)\n        next(init.model.parameters()).add_(1e-3)",
+        tests=(
+            f"{ADAPT_TESTS}::test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold",
+        ),
+        proves="head-only adaptation leaves every backbone tensor as it was",
     ),
 ]
 

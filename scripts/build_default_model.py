@@ -208,6 +208,15 @@ def command_from_args(args: dict[str, Any]) -> list[str]:
     return cmd
 
 
+def recipe_command(model_dir: Path, args: dict[str, Any]) -> list[str]:
+    """The command that trained ``model_dir``: the recipe's, for a ``--cv`` run (its final
+    model records the epoch count the folds chose, which is not what was asked for)."""
+    if args.get("cv"):
+        return ["smokerdet", "train", *RECIPE, "--weights", str(args["weights"]),
+                "--data", str(args["data"]), "--name", model_dir.name, "--overwrite"]  # fmt: skip
+    return command_from_args(args)
+
+
 def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
     """Copy a trained model into the package (fp16) with build command and provenance."""
     from smokerdet.checkpoint import load_model, save_model
@@ -227,7 +236,7 @@ def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
         "data": "Smoker Detection Dataset, Khan et al., Mendeley Data doi:10.17632/j45dj8bgfc.1 "
         "(CC BY 4.0): Training and Validation splits (896 photos), 3-fold CV to choose the "
         "epoch count and threshold, then all of them to fit",
-        "build_command": shlex.join(command or command_from_args(meta.train_args)),
+        "build_command": shlex.join(command or recipe_command(model_dir, meta.train_args)),
         "build_script": "python scripts/build_default_model.py all",
     }
     meta.created = ""

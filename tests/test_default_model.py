@@ -39,3 +39,26 @@ def test_predict_uses_the_default_model_when_nothing_was_trained(runner):
     assert len(rows) == 12 and {row["model"] for row in rows} == {"default"}
     r = runner.invoke(app, ["info", "--json"])
     assert json.loads(r.stdout)["active_model"]["name"] == "default"
+
+
+def test_the_shipped_model_carries_rehearsal_rows_for_its_own_backbone():
+    from smokerdet import rehearsal
+
+    meta = load_model("default").meta
+    rows = rehearsal.load(default_model_dir(), meta)
+    assert rows is not None and rows.weights_sha256 == meta.weights_sha256
+    assert 400 <= len(rows.labels) <= rehearsal.MAX_ROWS and set(rows.labels.tolist()) == {0, 1}
+    assert rows.features.shape[1] == 1280
+
+
+def test_a_site_adapts_the_shipped_model_head_only(runner, smokerdet_home):
+    """The path a real site takes: `train --init default` on its 12 photos (examples/)."""
+    r = runner.invoke(app, ["train", "--init", "default", "--data", str(EXAMPLES), "--json",
+                            "--name", "site", "--cv", "3"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["recipe"] == "head" and out["adaptation"]["photos"] == 12
+    assert out["adaptation"]["rehearsal_rows"] >= 400
+    preds = list(smokerdet.predict([EXAMPLES], model="site"))
+    assert sum(p.label == ("smoking" if Path(p.path).name.startswith("smoking_") else
+                           "not_smoking") for p in preds) >= 11  # fmt: skip

@@ -89,10 +89,7 @@ def grid(ns: list[int], repeats: int, site_x: np.ndarray, site_y: np.ndarray, va
                                 draw.choice(pool_neg, n // 2, replace=False)]  # fmt: skip
                     x, y = site_x[idx], site_y[idx]
                     kw = {"pull": pull, "rehearsal_weight": weight}
-                    oof = adapt.cross_validate_head(
-                        x, y, start, rows, adapt.folds_for(y, 0, r), **kw
-                    )
-                    t = best_threshold(list(y), list(oof))
+                    t = adapt.THRESHOLD
                     head = adapt.fit_head(x, y, start, rows, **kw)
                     site.append(score(head, site_x[test], site_y[test], t)["accuracy"])
                     sd.append(score(head, val_x, val_y, t)["accuracy"])
@@ -223,10 +220,12 @@ def main() -> None:
             fold = adapt.folds_for(y, 0, r)
             for name, reh in (("head", rows), ("head_no_rehearsal", None)):
                 oof = adapt.cross_validate_head(x, y, start, reh, fold)
-                t = best_threshold(list(y), list(oof))
+                t, picked = adapt.THRESHOLD, best_threshold(list(y), list(oof))
                 head = adapt.fit_head(x, y, start, reh)
                 runs[name].append({"threshold": t, "site": score(head, site_x[test], site_y[test], t),
-                                   "sd_val": score(head, val_x, val_y, t)})  # fmt: skip
+                                   "sd_val": score(head, val_x, val_y, t),
+                                   "picked": picked,
+                                   "site_at_picked": score(head, site_x[test], site_y[test], picked)})  # fmt: skip
             if n in args.full and r < args.full_repeats:
                 t1 = time.perf_counter()
                 folder = full_finetune(args.base, [site_paths[i] for i in idx], list(y), r)
@@ -244,9 +243,9 @@ def main() -> None:
                 where: {m: {"mean": statistics.mean(r_[where][m] for r_ in rs),
                             "sd": statistics.stdev(r_[where][m] for r_ in rs) if len(rs) > 1 else 0.0}
                         for m in rs[0][where]}
-                for where in ("site", "sd_val")
+                for where in ("site", "sd_val", "site_at_picked") if where in rs[0]
             }  # fmt: skip
-            ts = [r_["threshold"] for r_ in rs]
+            ts = [r_.get("picked", r_["threshold"]) for r_ in rs]
             cell[name]["threshold_range"] = [min(ts), max(ts)]
             cell[name]["runs"] = len(rs)
         report["cells"][str(n)] = cell

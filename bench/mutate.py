@@ -310,12 +310,14 @@ MUTATIONS: list[Mutation] = [
         proves="the refitted head is pulled towards the old one",
     ),
     Mutation(
-        id="adapt-threshold-in-sample",
+        id="adapt-metrics-in-sample",
         file=ADAPT,
         old="oof = cross_validate_head(site.x, site.y, start, rows, fold)",
         new="oof = fit_head(site.x, site.y, start, rows).probs(site.x)",
-        tests=(f"{ADAPT_TESTS}::test_the_threshold_is_the_best_f1_of_the_out_of_fold_scores",),
-        proves="the site's threshold comes from out-of-fold scores, not in-sample ones",
+        tests=(
+            f"{ADAPT_TESTS}::test_expected_accuracy_is_the_out_of_fold_scores_at_the_recipe_threshold",
+        ),
+        proves="the site's expected accuracy comes from out-of-fold scores, not in-sample ones",
     ),
     Mutation(
         id="adapt-moves-the-backbone",

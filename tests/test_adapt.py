@@ -1,6 +1,7 @@
 """Site adaptation with few photos: ``train --init M`` refits the head (smokerdet.adapt)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from smokerdet.adapt import HeadFit, fit_head, folds_for
 from smokerdet.checkpoint import load_model, read_meta
 from smokerdet.cli import app
 from smokerdet.config import TrainConfig
-from smokerdet.metrics import best_threshold
+from smokerdet.metrics import binary_metrics
 from smokerdet.train import train
 
 ADAPT = ["train", "--workers", "0", "--batch-size", "8"]
@@ -60,7 +61,7 @@ def test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold(
     assert meta.provenance["adaptation"]["recipe"] == "head"
     assert "cross-validated" in meta.cv_metrics["kind"]
     assert meta.cv_metrics["k"] == out["adaptation"]["folds"] == 5
-    assert meta.threshold == pytest.approx(out["threshold"])
+    assert meta.threshold == pytest.approx(out["threshold"]) == 0.5
     assert meta.data_config == init.data_config and meta.tta == init.tta
     # It is a whole model: ONNX twin, familiarity for its own weights, rehearsal carried over.
     for name in ("model.onnx", "familiarity.safetensors", rehearsal.REHEARSAL_FILE):
@@ -72,23 +73,35 @@ def test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold(
     assert "no familiarity" not in r.stderr and "belongs to other weights" not in r.stderr
 
 
-def test_the_threshold_is_the_best_f1_of_the_out_of_fold_scores(model_copy, tmp_path):
+def test_expected_accuracy_is_the_out_of_fold_scores_at_the_recipe_threshold(model_copy, tmp_path):
     """The library path, checked against a recomputation from the same pieces."""
     site = _site(tmp_path)
     result = train(TrainConfig(init="tiny", data=site, name="s2", workers=0))
     from smokerdet.engine import open_engine
     from smokerdet.familiarity import pooled_features
 
-    samples = sorted(site.glob("*.jpg"))
+    # In the order the recipe read them (training, validation, then the carved test split).
+    samples = [Path(row["path"]) for row in result.adaptation["oof"]]
+    assert sorted(samples) == sorted(site.glob("*.jpg"))
     y = np.array([int(p.name.startswith("smoking_")) for p in samples])
     init = load_model("tiny")
     x = pooled_features(open_engine("tiny", device="cpu"), samples)
     c = init.model.get_classifier()
     start = HeadFit(c.weight.detach().double().numpy().ravel(), float(c.bias.detach()[0]))
     rows = rehearsal.load(init.path, init.meta)
-    # The splits list photos in path order; folds are seeded by --seed (42).
+    # Folds are seeded by --seed (42).
     oof = adapt.cross_validate_head(x, y, start, rows, folds_for(y, 0, 42))
-    assert result.threshold == pytest.approx(best_threshold(list(y), list(oof)), abs=1e-6)
+    assert result.threshold == adapt.THRESHOLD == 0.5
+    expected = binary_metrics(list(y), list(oof), 0.5)
+    got = result.val_metrics
+    assert (got.tp, got.fp, got.tn, got.fn) == (expected.tp, expected.fp, expected.tn, expected.fn)
+    assert got.roc_auc == pytest.approx(expected.roc_auc)
+    got_oof = {row["path"]: row["probability"] for row in result.adaptation["oof"]}
+    assert [got_oof[str(p)] for p in samples] == pytest.approx(list(oof), abs=1e-6)
+    assert "oof" not in read_meta(result.path).provenance["adaptation"]
+    stored = read_meta(result.path).cv_metrics["pooled_oof"]
+    assert stored["tp"] == expected.tp and stored["fp"] == expected.fp
+    assert stored["roc_auc"] == pytest.approx(expected.roc_auc)
 
 
 def test_auto_fine_tunes_the_whole_model_above_the_photo_limit(model_copy, tmp_path, monkeypatch):
@@ -170,7 +183,7 @@ def test_rehearsal_keeps_what_the_model_knew_while_few_photos_move_the_head():
     site_x[:, 1] += 3 * (2 * site_y - 1)
     site_y[:2] = 1 - site_y[:2]
     rows = rehearsal.Rehearsal(old_x, old_y, "sha")
-    kept = fit_head(site_x, site_y, start, rows)
+    kept = fit_head(site_x, site_y, start, rows, pull=0.0)
     loose = fit_head(site_x, site_y, start, None, pull=0.0)
     acc = lambda h: np.mean((h.probs(old_x) >= 0.5) == old_y)  # noqa: E731
     assert acc(kept) > 0.9 > acc(loose)

@@ -5,7 +5,8 @@ A simulated site: a base model that never saw the extra sources adapts to them (
 smoking from ``extra/somking``, hand gestures from ``extra/hagrid``, both at one look). For
 each N, N/2 photos of each are drawn (repeated with different draws), the head recipe of
 :mod:`smokerdet.adapt` runs on them exactly as ``train --init`` does (same functions: the
-head fit with rehearsal and pull, the threshold from K-fold CV inside the N photos), and the
+head fit with rehearsal and pull at the recipe's threshold, with the best-F1 threshold picked
+by K-fold CV inside the N photos scored alongside for comparison), and the
 adapted head is scored on a fixed held-out set of the site (200 + 200 photos) and on the
 Smoker Detection validation photos (does it forget?).
 

@@ -130,10 +130,11 @@ class TrainConfig:
     cv: int = 0
     """Choose the epoch count and threshold by K-fold cross-validation over the training and
     validation photos, then train the final model on all of them; 0 disables. With the
-    head recipe: the folds that pick the site's threshold (default: up to 5)."""
+    head recipe: the folds that estimate its accuracy on the site's photos (default: up to
+    5)."""
     recipe: str = "auto"
     """With --init: 'head' refits only the classifier on the frozen backbone (with rehearsal
-    of the original photos and a threshold cross-validated on yours), 'full' fine-tunes
+    of the original photos, accuracy cross-validated on yours), 'full' fine-tunes
     everything; 'auto' takes head up to 300 photos."""
 
     def __post_init__(self) -> None:

@@ -80,8 +80,8 @@ def train(
     photos.
 
     To adapt a model to your site's photos, pass --init: up to 300 photos, only its head is
-    refitted (with rehearsal of its original training photos and a threshold
-    cross-validated on yours); more photos fine-tune the whole model (--recipe overrides).
+    refitted (with rehearsal of its original training photos; its accuracy cross-validated
+    on yours); more photos fine-tune the whole model (--recipe overrides).
 
     \b
         smokerdet train --init default --data ./my-site-photos --name my-site
@@ -148,7 +148,7 @@ def train(
         elif isinstance(result, CVResult):
             render_cv(result)
         elif result.recipe == "head":
-            render_train(result, threshold_from="cross-validated on the site's photos")
+            render_train(result, threshold_from="the balanced head's cut")
         else:
             render_train(result)
         final = result.final if isinstance(result, CVResult) else result

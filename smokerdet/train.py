@@ -190,6 +190,21 @@ def head_recipe(cfg: TrainConfig, resume: bool = False, start: Start | None = No
     return choose_recipe(cfg.recipe, len(site_photos(splits))) == "head"
 
 
+#: Options that shape a fine-tune, which the head recipe does not run.
+FINE_TUNE_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "img_size",
+                  "lp_epochs", "label_smoothing", "ema", "patience", "tta")  # fmt: skip
+
+
+def ignored_by_head_recipe(cfg: TrainConfig) -> list[str]:
+    """The fine-tuning ``--flags`` set to something other than their default."""
+    defaults = TrainConfig()
+    return [
+        "--" + name.replace("_", "-")
+        for name in FINE_TUNE_ONLY
+        if getattr(cfg, name) != getattr(defaults, name)
+    ]
+
+
 def _adapt(
     cfg: TrainConfig, reporter: TrainReporter, splits: DatasetSplits, started: float
 ) -> TrainResult:
@@ -198,6 +213,12 @@ def _adapt(
         f"Adapting {cfg.init} head-only (--recipe {cfg.recipe}) to {len(pooled)} photos "
         f"in {splits.root}"
     )
+    unused = ignored_by_head_recipe(cfg)
+    if unused:
+        reporter.on_note(
+            f"Note: {', '.join(unused)} only shape a fine-tune and are not used by the head "
+            "recipe (pass --recipe full to fine-tune the whole model)"
+        )
     with ExitStack() as stack:
         name = _claim(cfg, False, stack)
         folder = models_dir() / name

@@ -207,3 +207,21 @@ def test_folds_are_stratified_and_capped_by_the_smallest_class():
     for i in range(3):
         assert (y[fold == i] == 1).sum() == 1
     assert folds_for(np.array([1] * 30 + [0] * 30), 0, 0).max() + 1 == adapt.MAX_FOLDS
+
+
+def test_fine_tuning_flags_the_head_recipe_does_not_use_are_named(runner, model_copy, tmp_path):
+    args = [
+        *ADAPT,
+        "--init",
+        "tiny",
+        "--data",
+        str(_site(tmp_path)),
+        "--epochs",
+        "5",
+        "--lr",
+        "1e-4",
+    ]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "Note: --epochs, --batch-size, --lr only shape a fine-tune" in r.stderr
+    assert "--recipe full" in r.stderr

@@ -143,11 +143,11 @@ def cross_validate(
         TrainingInterrupted: Ctrl-C; the run must start again (fold models are removed).
         Everything :func:`smokerdet.train.train` raises.
     """
-    if head_recipe(cfg):  # the head recipe cross-validates inside the site's photos itself
-        return train(cfg, reporter)
+    splits = find_splits(cfg)
+    if head_recipe(cfg, splits):  # it cross-validates inside the site's photos itself
+        return train(cfg, reporter, splits=splits)
     if cfg.cv < 2:
         raise ConfigError(f"--cv must be at least 2 to cross-validate, got {cfg.cv}")
-    splits = find_splits(cfg)
     pool = [*splits.train, *splits.val]
     check_folds(cfg.cv, pool)
     name = cfg.name or f"{cfg.init or cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

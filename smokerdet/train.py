@@ -131,8 +131,12 @@ def train(
     """
     reporter = reporter or TrainReporter()
     started = time.perf_counter()
-    if not distributed.current().distributed and head_recipe(cfg, resume, start):
-        return _adapt(cfg, reporter, splits or find_splits(cfg), started)
+    if not (resume or start is not None or distributed.current().distributed):
+        if cfg.init is not None and cfg.recipe != "full":
+            splits = splits or find_splits(cfg)  # found once, for whichever recipe runs
+        if head_recipe(cfg, splits):
+            assert splits is not None
+            return _adapt(cfg, reporter, splits, started)
     device = pick_device(cfg.device)
     with distributed.session(device) as world, ExitStack() as stack:
         # One rank decides (the name has a timestamp) and checks; every rank gets its answer.
@@ -180,14 +184,14 @@ def train(
     )
 
 
-def head_recipe(cfg: TrainConfig, resume: bool = False, start: Start | None = None) -> bool:
-    """Whether ``cfg`` adapts an existing model head-only (see :mod:`smokerdet.adapt`)."""
-    if cfg.init is None or resume or start is not None or cfg.recipe == "full":
+def head_recipe(cfg: TrainConfig, splits: DatasetSplits | None) -> bool:
+    """Whether ``cfg`` adapts an existing model head-only on ``splits`` (see
+    :mod:`smokerdet.adapt`); ``auto`` decides by their number of photos."""
+    if cfg.init is None or cfg.recipe == "full":
         return False
     if cfg.recipe == "head":
         return True
-    splits = find_splits(cfg)
-    return choose_recipe(cfg.recipe, len(site_photos(splits))) == "head"
+    return splits is not None and choose_recipe(cfg.recipe, len(site_photos(splits))) == "head"
 
 
 #: Options that shape a fine-tune, which the head recipe does not run.

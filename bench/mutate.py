@@ -329,6 +329,17 @@ MUTATIONS: list[Mutation] = [
         ),
         proves="head-only adaptation leaves every backbone tensor as it was",
     ),
+    Mutation(
+        id="torchrun-exit-through-interpreter-shutdown",
+        file="smokerdet/distributed.py",
+        old="    return _joined\n",
+        new="    return False\n",
+        tests=(
+            "tests/test_distributed.py::test_a_process_that_joined_a_group_ends_without_the_interpreter_shutdown",
+        ),
+        proves="a process that joined a process group ends without the interpreter's shutdown, "
+        "where DDP's leftover gloo threads can abort a finished run",
+    ),
 ]
 
 

@@ -38,6 +38,9 @@ TIMEOUT_ENV = "SMOKERDET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
 MIRROR_GRACE_S = 2.0
 
+#: Whether this process has joined a process group (see :func:`joined_a_group`).
+_joined = False
+
 
 class DistributedError(SmokerdetError):
     """A rank lost contact with the others, or the process group cannot be joined."""
@@ -146,6 +149,8 @@ def session(device: str = "cpu") -> Iterator[World]:
             f"rank {world.rank} cannot join the process group ({backend}): {e}",
             hint="launch with torchrun, and check --master-addr/--rdzv-endpoint and firewalls",
         ) from None
+    global _joined
+    _joined = True
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         yield world
@@ -171,6 +176,38 @@ def session(device: str = "cpu") -> Iterator[World]:
         signal.signal(signal.SIGTERM, previous)
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+
+
+def joined_a_group() -> bool:
+    """Whether this process joined a process group at some point of its life.
+
+    Such a process should end with :func:`hard_exit`: DistributedDataParallel in this torch
+    keeps references to the gloo process group that ``destroy_process_group`` cannot drop, so
+    gloo's threads outlive it and, when the interpreter then shuts down, abort the process
+    now and then (SIGABRT, "terminate called without an active exception") after the command
+    has succeeded; torchrun then stops the other ranks. ``bench/ddp_exit.py`` counts it.
+    """
+    return _joined
+
+
+def hard_exit(code: object) -> None:
+    """End the process now with ``code`` (as ``sys.exit`` reads it), skipping the interpreter's
+    shutdown, for a process that :func:`joined_a_group`. Output is flushed first; files and
+    locks were already closed by the command, and the OS releases the rest."""
+    import logging
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): printed, exit status 1
+        print(code, file=sys.stderr)
+        status = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def reason(e: BaseException) -> str:
@@ -312,6 +349,8 @@ __all__ = [
     "broadcast",
     "current",
     "gather_to_main",
+    "hard_exit",
+    "joined_a_group",
     "lost_ranks",
     "on_main",
     "quiet_unless_main",

@@ -255,3 +255,43 @@ def test_output_exists_without_resume_is_refused(ddp, photos, tmp_path):
     assert r.returncode == 2
     assert "already exists" in r.stderr and "--resume" in r.stderr
     assert out.read_text() == "precious\n"
+
+
+ENDING = """
+import atexit, sys
+from smokerdet import distributed
+from smokerdet.cli import main
+atexit.register(lambda: print("interpreter shutdown ran", file=sys.stderr))
+distributed._joined = {joined}
+sys.argv = ["smokerdet", *{args!r}]
+main()
+"""
+
+
+@pytest.mark.parametrize("joined", [False, True])
+@pytest.mark.parametrize(("args", "code"), [(["--version"], 0), (["models", "remove", "nope"], 1)])
+def test_a_process_that_joined_a_group_ends_without_the_interpreter_shutdown(
+    joined, args, code, tmp_path
+):
+    # DDP leaves gloo's threads alive after destroy_process_group, and they can abort the
+    # interpreter's shutdown (SIGABRT after a successful run): the console entry point must
+    # skip it for such a process, with its output and exit code intact.
+    script = ENDING.format(joined=joined, args=args)
+    r = subprocess.run([sys.executable, "-c", script], env=env_for(tmp_path / "home"),
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert r.returncode == code, r.stderr
+    assert ("interpreter shutdown ran" in r.stderr) is not joined
+    if code == 0:
+        assert r.stdout.startswith("smokerdet ")
+    else:
+        assert "Error: " in r.stderr
+
+
+def test_hard_exit_reads_the_code_as_sys_exit_does(tmp_path):
+    script = "from smokerdet import distributed; print('kept', end=''); distributed.hard_exit({})"
+    for code, status in (("None", 0), ("4", 4), ("'bad thing'", 1)):
+        r = subprocess.run([sys.executable, "-c", script.format(code)],
+                           env=env_for(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode == status
+        assert r.stdout == "kept"  # flushed before the process ended
+        assert ("bad thing" in r.stderr) is (status == 1)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
+from smokerdet import distributed
 from smokerdet.__about__ import __version__
 from smokerdet.errors import Interrupted, SmokerdetError
 
@@ -150,6 +151,10 @@ def main(args: Sequence[str] | None = None, prog_name: str = "smokerdet", **extr
         with interrupts(exiting=args is None):
             root.run(args, prog_name, **extra)  # exits itself, unless an error escapes
         code = 0
+    except SystemExit as e:
+        if args is None and distributed.joined_a_group():
+            distributed.hard_exit(e.code)  # see joined_a_group: gloo's threads may abort
+        raise
     except SmokerdetError as e:
         if debug:
             raise
@@ -163,6 +168,8 @@ def main(args: Sequence[str] | None = None, prog_name: str = "smokerdet", **extr
             hint=f"rerun with {DEBUG_ENV}=1 for a traceback, and please report it",
         )
         code = 1
+    if args is None and distributed.joined_a_group():
+        distributed.hard_exit(code)
     sys.exit(code)
 
 

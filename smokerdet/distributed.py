@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from smokerdet.errors import Interrupted, SmokerdetError
 
@@ -170,9 +170,7 @@ def session(device: str = "cpu") -> Iterator[World]:
     except (dist.DistError, RuntimeError) as e:
         raise lost_ranks(world, e) from None
     finally:
-        for stream in (sys.stdout, sys.stderr):  # a SIGTERM from now on kills at once
-            with contextlib.suppress(Exception):
-                stream.flush()
+        _flush_output()  # a SIGTERM from now on kills at once
         signal.signal(signal.SIGTERM, previous)
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -190,7 +188,13 @@ def joined_a_group() -> bool:
     return _joined
 
 
-def hard_exit(code: object) -> None:
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def hard_exit(code: object) -> NoReturn:
     """End the process now with ``code`` (as ``sys.exit`` reads it), skipping the interpreter's
     shutdown, for a process that :func:`joined_a_group`. Output is flushed first; files and
     locks were already closed by the command, and the OS releases the rest."""
@@ -204,9 +208,7 @@ def hard_exit(code: object) -> None:
         print(code, file=sys.stderr)
         status = 1
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    _flush_output()
     os._exit(status)
 
 

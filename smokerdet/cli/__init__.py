@@ -150,11 +150,9 @@ def main(args: Sequence[str] | None = None, prog_name: str = "smokerdet", **extr
         # args is None only for the console script, whose process ends right after.
         with interrupts(exiting=args is None):
             root.run(args, prog_name, **extra)  # exits itself, unless an error escapes
-        code = 0
-    except SystemExit as e:
-        if args is None and distributed.joined_a_group():
-            distributed.hard_exit(e.code)  # see joined_a_group: gloo's threads may abort
-        raise
+        code: object = 0
+    except SystemExit as e:  # how root.run ends: one exit below for every outcome
+        code = e.code
     except SmokerdetError as e:
         if debug:
             raise
@@ -169,7 +167,7 @@ def main(args: Sequence[str] | None = None, prog_name: str = "smokerdet", **extr
         )
         code = 1
     if args is None and distributed.joined_a_group():
-        distributed.hard_exit(code)
+        distributed.hard_exit(code)  # see joined_a_group: gloo's threads may abort
     sys.exit(code)
 
 

@@ -40,19 +40,20 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from sources import looked  # noqa: E402
 
-from smokerdet import adapt, rehearsal  # noqa: E402
-from smokerdet.checkpoint import read_meta  # noqa: E402
-from smokerdet.data import find_dataset  # noqa: E402
-from smokerdet.engine import open_engine  # noqa: E402
-from smokerdet.familiarity import pooled_features  # noqa: E402
+from smokerdet.data.layout import find_dataset  # noqa: E402
+from smokerdet.inference.backend import open_engine  # noqa: E402
+from smokerdet.inference.familiarity import pooled_features  # noqa: E402
 from smokerdet.metrics import best_threshold, binary_metrics  # noqa: E402
+from smokerdet.models import rehearsal  # noqa: E402
+from smokerdet.models.checkpoint import read_meta  # noqa: E402
+from smokerdet.training.recipes import head as adapt  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 HELD_OUT = 200  # per class (a quarter of the photos with --limit)
 
 
 def start_head(base: Path) -> adapt.HeadFit:
-    from smokerdet.checkpoint import load_model
+    from smokerdet.models.registry import load_model
 
     c = load_model(base).model.get_classifier()
     return adapt.HeadFit(c.weight.detach().double().numpy().ravel(), float(c.bias.detach()[0]))
@@ -131,8 +132,8 @@ def full_finetune(base: Path, paths: list[Path], labels: list[int], seed: int) -
     """``smokerdet train --init BASE --recipe full`` on the draw, in a scratch data dir."""
     import os
 
-    from smokerdet.config import TrainConfig
-    from smokerdet.train import train
+    from smokerdet.training.config import TrainConfig
+    from smokerdet.training.train import train
 
     data = Path(tempfile.mkdtemp(prefix="site-"))
     for p, y in zip(paths, labels, strict=True):

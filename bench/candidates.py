@@ -42,9 +42,11 @@ sys.path.insert(0, str(REPO / "bench"))
 from sources import CACHE, one_look  # noqa: E402
 from stress import SHIFTS  # noqa: E402
 
-from smokerdet.data import eval_transform, find_dataset, load_image  # noqa: E402
+from smokerdet.data.augment import eval_transform  # noqa: E402
+from smokerdet.data.images import load_image  # noqa: E402
+from smokerdet.data.layout import find_dataset  # noqa: E402
 from smokerdet.metrics import binary_metrics  # noqa: E402
-from smokerdet.model import resolve_data_config  # noqa: E402
+from smokerdet.models.build import resolve_data_config  # noqa: E402
 
 SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}  # each backbone's own ImageNet size
 SHARED = REPO.parent / "shared" / "data"

@@ -72,7 +72,7 @@ def torch_only_copy(folder: Path, tmp: Path) -> Path:
 
 
 def _forward_worker(args: tuple[str, int, int, float]) -> int:
-    from smokerdet.engine import open_engine
+    from smokerdet.inference.backend import open_engine
 
     model, batch, size, seconds = args
     engine = open_engine(model, backend="onnx", threads=1)
@@ -87,7 +87,7 @@ def _forward_worker(args: tuple[str, int, int, float]) -> int:
 
 def forward_ceiling(model: str, seconds: float) -> dict[str, Any]:
     """Photos/s through onnxruntime alone (TTA included), per layout."""
-    from smokerdet.engine import open_engine
+    from smokerdet.inference.backend import open_engine
 
     cores = os.cpu_count() or 1
     engine = open_engine(model, backend="onnx")
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from smokerdet.checkpoint import resolve_model
+    from smokerdet.models.registry import resolve_model
 
     _, folder = resolve_model(args.model)
     paths = photos(args.data, args.images)

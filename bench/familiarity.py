@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from smokerdet.data import find_dataset
-from smokerdet.engine import Engine, open_engine
-from smokerdet.familiarity import FAMILIAR_SHARE, fit, load_for
-from smokerdet.images import load_image, preprocess
-from smokerdet.inference import score_paths
+from smokerdet.data.images import load_image, preprocess
+from smokerdet.data.layout import find_dataset
+from smokerdet.inference.backend import open_engine
+from smokerdet.inference.batch import score_paths
+from smokerdet.inference.engine import Engine
+from smokerdet.inference.familiarity import FAMILIAR_SHARE, fit, load_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stress import SHIFTS  # noqa: E402

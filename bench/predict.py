@@ -50,8 +50,10 @@ from typing import Any
 
 import torch
 
-from smokerdet.checkpoint import load_model
-from smokerdet.data import eval_transform, find_dataset, load_image
+from smokerdet.data.augment import eval_transform
+from smokerdet.data.images import load_image
+from smokerdet.data.layout import find_dataset
+from smokerdet.models.registry import load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
 
@@ -308,7 +310,7 @@ def measure_forward(
     args: argparse.Namespace, table: Table, loaded: Any, items: list[torch.Tensor]
 ) -> None:
     """The forward pass alone, one process with every core: each cell counts to the ceiling."""
-    from smokerdet.inference import DEFAULT_BATCH_SIZE
+    from smokerdet.inference.batch import DEFAULT_BATCH_SIZE
 
     model, tta = loaded.model.eval(), loaded.meta.tta == "hflip"
     size = loaded.meta.data_config.input_size

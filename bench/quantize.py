@@ -34,9 +34,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from smokerdet.checkpoint import load_model
-from smokerdet.data import eval_transform, find_dataset, load_image
+from smokerdet.data.augment import eval_transform
+from smokerdet.data.images import load_image
+from smokerdet.data.layout import find_dataset
 from smokerdet.metrics import best_threshold, binary_metrics
+from smokerdet.models.registry import load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
 

@@ -29,16 +29,16 @@ sys.path.insert(0, str(REPO / "scripts"))
 from build_default_model import RECIPE  # noqa: E402
 
 from smokerdet.cli import app  # noqa: E402
-from smokerdet.crossval import _run_fold, make_folds  # noqa: E402
-from smokerdet.loop import find_splits  # noqa: E402
 from smokerdet.metrics import best_threshold, binary_metrics  # noqa: E402
+from smokerdet.training.loop import find_splits  # noqa: E402
+from smokerdet.training.recipes.crossval import _run_fold, make_folds  # noqa: E402
 
 
 def recipe_config(data: Path, weights: Path) -> object:
     """The shipped recipe as a TrainConfig, parsed by the CLI itself (no second copy)."""
     from typer.main import get_command
 
-    from smokerdet.config import TrainConfig
+    from smokerdet.training.config import TrainConfig
 
     cmd = get_command(app).commands["train"]  # type: ignore[attr-defined]
     params = cmd.make_context(

@@ -39,8 +39,8 @@ EXAMPLES = ROOT / "examples"
 
 def batching(model: str, repeats: int) -> list[dict[str, float]]:
     """Median (and spread) of milliseconds per photo when scoring B photos per call."""
-    from smokerdet.engine import open_engine
-    from smokerdet.images import load_image
+    from smokerdet.data.images import load_image
+    from smokerdet.inference.backend import open_engine
 
     engine = open_engine(model)
     photos = [load_image(p) for p in sorted(EXAMPLES.glob("*.jpg"))]

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import DEFAULT_DATA, tree_rss_mb  # noqa: E402
 
-from smokerdet.data import find_dataset  # noqa: E402
+from smokerdet.data.layout import find_dataset
 
 
 def main() -> None:

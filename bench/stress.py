@@ -30,10 +30,13 @@ from typing import Any
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from smokerdet.checkpoint import LoadedModel, load_model
-from smokerdet.data import eval_transform, find_dataset, load_image
-from smokerdet.inference import forward_probs
+from smokerdet.data.augment import eval_transform
+from smokerdet.data.images import load_image
+from smokerdet.data.layout import find_dataset
+from smokerdet.inference.torch_backend import forward_probs
 from smokerdet.metrics import binary_metrics
+from smokerdet.models.checkpoint import LoadedModel
+from smokerdet.models.registry import load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
 

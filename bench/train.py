@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from smokerdet.data import decode_all, find_dataset
-from smokerdet.loop import Stepper, make_train_loader
-from smokerdet.model import create_model, resolve_data_config
+from smokerdet.data.datasets import decode_all
+from smokerdet.data.layout import find_dataset
+from smokerdet.models.build import create_model, resolve_data_config
+from smokerdet.training.loop import Stepper, make_train_loader
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
 

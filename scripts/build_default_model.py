@@ -120,8 +120,9 @@ def convert(out: Path, photos: list[Path], backbone: str = "lite0") -> Path:
     from safetensors.torch import save_file
     from timm.data import ImageNetInfo
 
-    from smokerdet.data import eval_transform, load_image
-    from smokerdet.model import resolve_data_config
+    from smokerdet.data.augment import eval_transform
+    from smokerdet.data.images import load_image
+    from smokerdet.models.build import resolve_data_config
 
     pth, _ = find_backbone_file(backbone)
     source = torch.load(pth, map_location="cpu", weights_only=True)
@@ -163,10 +164,11 @@ def wise_ft(model_dir: Path, weights: Path, alpha: float, data: Path) -> Path:
     theta = alpha * theta_finetuned + (1 - alpha) * theta_pretrained, for every backbone
     tensor (BatchNorm statistics included); the threshold is then re-picked on validation.
     """
-    from smokerdet.checkpoint import load_model, save_model
-    from smokerdet.data import find_dataset
-    from smokerdet.loop import calibrate
-    from smokerdet.model import classifier_prefixes, create_model
+    from smokerdet.data.layout import find_dataset
+    from smokerdet.models.build import classifier_prefixes, create_model
+    from smokerdet.models.checkpoint import save_model
+    from smokerdet.models.registry import load_model
+    from smokerdet.training.loop import calibrate
 
     tuned = load_model(model_dir)
     base = create_model(tuned.meta.arch, weights=weights).state_dict()
@@ -219,8 +221,9 @@ def recipe_command(model_dir: Path, args: dict[str, Any]) -> list[str]:
 
 def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
     """Copy a trained model into the package (fp16) with build command and provenance."""
-    from smokerdet.checkpoint import load_model, save_model
-    from smokerdet.loop import as_saved
+    from smokerdet.models.checkpoint import save_model
+    from smokerdet.models.registry import load_model
+    from smokerdet.training.loop import as_saved
 
     loaded = load_model(model_dir)
     meta = loaded.meta
@@ -264,11 +267,11 @@ def fit_shipped_familiarity(data: Path) -> None:
     """
     import numpy as np
 
-    from smokerdet import rehearsal
-    from smokerdet.checkpoint import read_meta
-    from smokerdet.data import find_dataset
-    from smokerdet.engine import open_engine
-    from smokerdet.familiarity import fit_for_model, pooled_features
+    from smokerdet.data.layout import find_dataset
+    from smokerdet.inference.backend import open_engine
+    from smokerdet.inference.familiarity import fit_for_model, pooled_features
+    from smokerdet.models import rehearsal
+    from smokerdet.models.checkpoint import read_meta
 
     ds = find_dataset(data)
     path = fit_for_model(SHIPPED, [s.path for s in ds.train], [s.path for s in ds.val])
@@ -288,7 +291,7 @@ def export_shipped() -> None:
     Unlike ``train``, a model that cannot be exported stops the build: the package must ship
     a model that predicts without torch.
     """
-    from smokerdet.export import export_onnx
+    from smokerdet.models.export import export_onnx
 
     result = export_onnx(SHIPPED)
     print(f"exported {result.path} ({result.size_bytes / 1e6:.1f} MB), "

@@ -10,7 +10,7 @@ batch goes through both models, and the student learns
 
 The student sees exactly the teacher's tensors (same letterbox, size and normalisation), so it
 is saved with the teacher's preprocessing as an ordinary smokerdet model that ``smokerdet
-eval`` and ``predict`` can use. The run is ``smokerdet.train.train`` itself, with the student as
+eval`` and ``predict`` can use. The run is ``smokerdet.training.train.train`` itself, with the student as
 its start and the loss above as its criterion: the same schedule (warmup then cosine), the same
 validation, best-epoch choice and threshold, the same atomic saves and Ctrl-C handling.
 
@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 
-from smokerdet.checkpoint import load_model
-from smokerdet.loop import EpochStats, Start, TrainReporter
-from smokerdet.model import create_model, pick_device
-from smokerdet.train import TrainConfig, train
+from smokerdet.models.build import create_model, pick_device
+from smokerdet.models.registry import load_model
+from smokerdet.training.config import TrainConfig
+from smokerdet.training.loop import EpochStats, Start, TrainReporter
+from smokerdet.training.train import train
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
 

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from smokerdet.checkpoint import resolve_model
-from smokerdet.data import find_dataset
-from smokerdet.familiarity import DEFAULT_DIMS, Familiarity, fit_for_model
+from smokerdet.data.layout import find_dataset
+from smokerdet.inference.familiarity import DEFAULT_DIMS, Familiarity, fit_for_model
+from smokerdet.models.registry import resolve_model
 
 
 def main() -> None:

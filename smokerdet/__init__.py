@@ -9,16 +9,21 @@ Example:
 """
 
 from smokerdet.__about__ import __version__
-from smokerdet.checkpoint import LoadedModel, ModelMeta, load_model
-from smokerdet.config import EvalConfig, PredictConfig, TrainConfig
 from smokerdet.data import DataConfig, DatasetSplits, find_dataset, load_image
-from smokerdet.engine import Engine, open_engine
 from smokerdet.errors import SmokerdetError
-from smokerdet.evaluate import EvalReport, evaluate
-from smokerdet.export import ExportResult, export_onnx
+from smokerdet.inference import Engine, open_engine
 from smokerdet.metrics import BinaryMetrics, binary_metrics
-from smokerdet.predict import Prediction, expand_inputs, predict
-from smokerdet.train import TrainResult, train
+from smokerdet.models import ExportResult, LoadedModel, ModelMeta, export_onnx, load_model
+from smokerdet.scoring import (
+    EvalConfig,
+    EvalReport,
+    PredictConfig,
+    Prediction,
+    evaluate,
+    expand_inputs,
+    predict,
+)
+from smokerdet.training import TrainConfig, TrainResult, train
 
 __all__ = [
     "BinaryMetrics",

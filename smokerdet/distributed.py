@@ -32,6 +32,15 @@ from typing import Any, NoReturn, TypeVar
 
 from smokerdet.errors import Interrupted, SmokerdetError
 
+
+def bounds(n: int, index: int, count: int) -> tuple[int, int]:
+    """The ``[start, stop)`` of slice ``index`` of ``count`` over ``n`` items.
+
+    Contiguous slices whose sizes differ by at most one; an empty slice when ``count > n``.
+    """
+    return n * index // count, n * (index + 1) // count
+
+
 T = TypeVar("T")
 
 TIMEOUT_ENV = "SMOKERDET_DIST_TIMEOUT"

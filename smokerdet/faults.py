@@ -14,7 +14,7 @@ Environment:
         so a test can learn what a run does, in order, and aim its kills.
 
 Points: ``FILE/opened``, ``FILE/written``, ``FILE/synced``, ``FILE/renamed`` for each file
-written through :func:`smokerdet.checkpoint.atomic_write_bytes` (``FILE`` is its name, e.g.
+written through :func:`smokerdet._io.atomic_write_bytes` (``FILE`` is its name, e.g.
 ``model.safetensors``, ``model.json``, ``state-0002.safetensors``, ``state.json``), and
 ``save_model/previous-kept`` once the old weights are set aside as ``model.prev.safetensors``.
 

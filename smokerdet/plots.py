@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from smokerdet.checkpoint import atomic_write_bytes
+from smokerdet._io import atomic_write_bytes
 from smokerdet.metrics import binary_metrics
 
 #: Size of every figure, in inches, and its resolution: 6.4 x 4.8 in at 100 dpi = 640 x 480 px.

@@ -9,13 +9,15 @@ import torch
 from conftest import write_flat
 from safetensors.torch import load_file
 
-from smokerdet import adapt, rehearsal
-from smokerdet.adapt import HeadFit, fit_head, folds_for
-from smokerdet.checkpoint import load_model, read_meta
 from smokerdet.cli import app
-from smokerdet.config import TrainConfig
 from smokerdet.metrics import binary_metrics
-from smokerdet.train import train
+from smokerdet.models import rehearsal
+from smokerdet.models.checkpoint import read_meta
+from smokerdet.models.registry import load_model
+from smokerdet.training.config import TrainConfig
+from smokerdet.training.recipes import head as adapt
+from smokerdet.training.recipes.head import HeadFit, fit_head, folds_for
+from smokerdet.training.train import train
 
 ADAPT = ["train", "--workers", "0", "--batch-size", "8"]
 
@@ -77,8 +79,8 @@ def test_expected_accuracy_is_the_out_of_fold_scores_at_the_recipe_threshold(mod
     """The library path, checked against a recomputation from the same pieces."""
     site = _site(tmp_path)
     result = train(TrainConfig(init="tiny", data=site, name="s2", workers=0))
-    from smokerdet.engine import open_engine
-    from smokerdet.familiarity import pooled_features
+    from smokerdet.inference.backend import open_engine
+    from smokerdet.inference.familiarity import pooled_features
 
     # In the order the recipe read them (training, validation, then the carved test split).
     samples = [Path(row["path"]) for row in result.adaptation["oof"]]

@@ -8,9 +8,10 @@ import pytest
 from conftest import EXAMPLES
 from safetensors.torch import load_file, save_file
 
-from smokerdet.checkpoint import atomic_write_bytes, load_model, resolve_model
+from smokerdet._io import atomic_write_bytes
 from smokerdet.cli import app
 from smokerdet.errors import CheckpointError
+from smokerdet.models.registry import load_model, resolve_model
 
 
 def test_atomic_write_replaces_or_keeps_the_old_file(tmp_path, monkeypatch):

@@ -12,8 +12,10 @@ import pytest
 from smokerdet import __version__
 from smokerdet.cli import app, main
 from smokerdet.cli._output import print_error
-from smokerdet.config import EvalConfig, PredictConfig, TrainConfig, field_help
+from smokerdet.config import field_help
 from smokerdet.errors import DatasetLayoutError
+from smokerdet.scoring.config import EvalConfig, PredictConfig
+from smokerdet.training.config import TrainConfig
 
 
 def test_version(runner):

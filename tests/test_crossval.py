@@ -6,12 +6,13 @@ import pytest
 from conftest import TINY_TRAIN_ARGS, write_flat
 
 from smokerdet.cli import app
-from smokerdet.config import TrainConfig
-from smokerdet.crossval import cross_validate, make_folds
-from smokerdet.data import find_dataset
+from smokerdet.data.layout import find_dataset
 from smokerdet.errors import ConfigError
 from smokerdet.metrics import best_threshold, binary_metrics
-from smokerdet.train import TrainingInterrupted, TrainReporter, resume_training
+from smokerdet.training.config import TrainConfig
+from smokerdet.training.loop import TrainingInterrupted, TrainReporter
+from smokerdet.training.recipes.crossval import cross_validate, make_folds
+from smokerdet.training.train import resume_training
 
 
 @pytest.fixture

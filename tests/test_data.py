@@ -12,15 +12,9 @@ from conftest import (
 )
 from PIL import Image
 
-from smokerdet.data import (
-    MAX_IMAGE_PIXELS,
-    DataConfig,
-    eval_transform,
-    find_dataset,
-    label_from_name,
-    load_image,
-    train_transform,
-)
+from smokerdet.data.augment import eval_transform, train_transform
+from smokerdet.data.images import MAX_IMAGE_PIXELS, DataConfig, load_image
+from smokerdet.data.layout import find_dataset, label_from_name
 from smokerdet.errors import DatasetLayoutError, ImageLoadError
 
 

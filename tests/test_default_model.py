@@ -7,8 +7,8 @@ import pytest
 from conftest import EXAMPLES
 
 import smokerdet
-from smokerdet.checkpoint import default_model_available, load_model
 from smokerdet.cli import app
+from smokerdet.models.registry import default_model_available, load_model
 from smokerdet.paths import default_model_dir
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "default_examples.json"
@@ -42,7 +42,7 @@ def test_predict_uses_the_default_model_when_nothing_was_trained(runner):
 
 
 def test_the_shipped_model_carries_rehearsal_rows_for_its_own_backbone():
-    from smokerdet import rehearsal
+    from smokerdet.models import rehearsal
 
     meta = load_model("default").meta
     rows = rehearsal.load(default_model_dir(), meta)

@@ -20,9 +20,9 @@ from conftest import write_flat
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from smokerdet.checkpoint import load_model
 from smokerdet.cli import app
-from smokerdet.evaluate import evaluate
+from smokerdet.models.registry import load_model
+from smokerdet.scoring.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = [

@@ -20,18 +20,13 @@ import pytest
 import torch
 
 from smokerdet.cli import app
-from smokerdet.download import (
-    HttpOptions,
-    Source,
-    download_all,
-    download_dataset,
-    download_weights,
-    extract_archive,
-)
+from smokerdet.download.archives import extract_archive
+from smokerdet.download.downloads import download_all, download_dataset, download_weights
+from smokerdet.download.fetch import HttpOptions, http_download
+from smokerdet.download.sources import Source
 from smokerdet.errors import DownloadError, WeightsError
-from smokerdet.fetch import http_download
-from smokerdet.model import create_model
-from smokerdet.weights import is_intact, pretrained_file
+from smokerdet.models.build import create_model
+from smokerdet.models.hub import is_intact, pretrained_file
 
 FAST = HttpOptions(timeout=5, retries=2, backoff=0.01)
 
@@ -191,7 +186,7 @@ def test_download_by_url_verifies_structure_and_warns_on_reencoded_bytes(
 
 
 def test_train_finds_the_downloaded_dataset(server, dataset_zip):
-    from smokerdet.data import find_dataset, resolve_data_root
+    from smokerdet.data.layout import find_dataset, resolve_data_root
 
     server.files["/ds.zip"] = dataset_zip
     download_dataset(source=server.url("/ds.zip"), options=FAST)

@@ -17,12 +17,13 @@ from test_hostile import build_corpus
 
 import smokerdet
 from smokerdet.cli import app
-from smokerdet.data import DataConfig, eval_transform
-from smokerdet.data import load_image as data_load_image
-from smokerdet.engine import normalise_cam, open_engine
+from smokerdet.data.augment import eval_transform
+from smokerdet.data.images import DataConfig, load_image, preprocess
+from smokerdet.data.images import load_image as data_load_image
 from smokerdet.errors import CheckpointError, ConfigError, ImageLoadError
-from smokerdet.export import export_onnx
-from smokerdet.images import load_image, preprocess
+from smokerdet.inference.backend import open_engine
+from smokerdet.inference.engine import normalise_cam
+from smokerdet.models.export import export_onnx
 from smokerdet.paths import default_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,18 +11,14 @@ import pytest
 from conftest import EXAMPLES, write_flat
 
 import smokerdet
-from smokerdet.checkpoint import read_meta
 from smokerdet.cli import app
-from smokerdet.engine import open_engine
-from smokerdet.export import ExportError, export_onnx
+from smokerdet.inference.backend import open_engine
+from smokerdet.models.checkpoint import read_meta
+from smokerdet.models.export import ExportError, export_onnx
 from smokerdet.paths import default_model_dir
-from smokerdet.train import (
-    TrainConfig,
-    TrainingInterrupted,
-    TrainReporter,
-    resume_training,
-    train,
-)
+from smokerdet.training.config import TrainConfig
+from smokerdet.training.loop import TrainingInterrupted, TrainReporter
+from smokerdet.training.train import resume_training, train
 
 
 def props_of(path: Path) -> dict[str, str]:

@@ -16,8 +16,8 @@ from PIL import Image
 
 import smokerdet
 from smokerdet.cli import app
-from smokerdet.engine import open_engine
-from smokerdet.familiarity import (
+from smokerdet.inference.backend import open_engine
+from smokerdet.inference.familiarity import (
     FAMILIAR_SHARE,
     FAMILIARITY_FILE,
     Familiarity,
@@ -203,7 +203,7 @@ def test_fit_for_model_on_a_trained_model(model_copy: Path, notes, tmp_path: Pat
 
 
 def test_score_with_features_matches_score():
-    from smokerdet.images import load_image
+    from smokerdet.data.images import load_image
 
     engine = open_engine("default", backend="onnx")
     images = [load_image(p) for p in sorted(EXAMPLES.glob("*.jpg"))[:3]]

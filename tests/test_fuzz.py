@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from smokerdet.data import DataConfig, eval_transform, load_image, train_transform
+from smokerdet.data.augment import eval_transform, train_transform
+from smokerdet.data.images import DataConfig, load_image
 from smokerdet.errors import ImageLoadError
 
 CFG = DataConfig(input_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

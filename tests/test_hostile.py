@@ -16,7 +16,8 @@ from conftest import TINY_TRAIN_ARGS, synthetic_image, write_flat
 from PIL import Image
 
 from smokerdet.cli import app
-from smokerdet.data import find_dataset, load_image
+from smokerdet.data.images import load_image
+from smokerdet.data.layout import find_dataset
 from smokerdet.errors import ImageLoadError
 
 UNREADABLE_TARGET = "/proc/self/mem"

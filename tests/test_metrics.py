@@ -198,7 +198,7 @@ def _modules_with_examples() -> list[str]:
     import smokerdet
 
     names = []
-    for info in pkgutil.iter_modules(smokerdet.__path__, "smokerdet."):
+    for info in pkgutil.walk_packages(smokerdet.__path__, "smokerdet."):
         if info.name.endswith("__main__"):
             continue
         module = importlib.import_module(info.name)
@@ -225,6 +225,6 @@ def test_docstring_examples_that_run_include_metrics_data_and_paths():
     import importlib
 
     runs = {}
-    for name in ("smokerdet.metrics", "smokerdet.data", "smokerdet.paths"):
+    for name in ("smokerdet.metrics", "smokerdet.data.layout", "smokerdet.paths"):
         runs[name] = doctest.testmod(importlib.import_module(name), report=False).attempted
     assert all(n > 0 for n in runs.values()), runs

@@ -7,9 +7,15 @@ import pytest
 from conftest import EXAMPLES
 
 import smokerdet
-from smokerdet.checkpoint import load_model, resolve_model
 from smokerdet.errors import CheckpointError, ConfigError, ModelNotFoundError
-from smokerdet.models import list_models, remove_model, reset_default, set_default
+from smokerdet.models.registry import (
+    list_models,
+    load_model,
+    remove_model,
+    reset_default,
+    resolve_model,
+    set_default,
+)
 from smokerdet.paths import default_choice_file, default_model_dir
 
 

@@ -53,7 +53,7 @@ def test_training_curves(tmp_path):
 
 
 def test_training_curves_from_epoch_stats(tmp_path):
-    from smokerdet.train import EpochStats
+    from smokerdet.training.loop import EpochStats
 
     fields = dict(val_accuracy=0.5, val_precision=0.5, val_recall=0.5, seconds=1.0)
     history = [

@@ -11,8 +11,8 @@ from conftest import EXAMPLES, synthetic_image
 
 import smokerdet
 from smokerdet.cli import app
-from smokerdet.evaluate import evaluate
-from smokerdet.predict import expand_inputs
+from smokerdet.scoring.evaluate import evaluate
+from smokerdet.scoring.predict import expand_inputs
 
 
 def jsonl(text: str) -> list[dict]:

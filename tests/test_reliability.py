@@ -29,17 +29,14 @@ from conftest import write_archive_layout
 from filelock import FileLock
 
 from smokerdet import faults
-from smokerdet.checkpoint import META_FILE, WEIGHTS_FILE, load_model, model_lock, save_model
 from smokerdet.cli import app
 from smokerdet.errors import CheckpointError
-from smokerdet.resume import RESUME_DIR, read_resume_state, write_resume_files
-from smokerdet.train import (
-    TrainConfig,
-    TrainingInterrupted,
-    TrainReporter,
-    resume_training,
-    train,
-)
+from smokerdet.models.checkpoint import META_FILE, WEIGHTS_FILE, model_lock, save_model
+from smokerdet.models.registry import load_model
+from smokerdet.training.config import TrainConfig
+from smokerdet.training.loop import TrainingInterrupted, TrainReporter
+from smokerdet.training.resume import RESUME_DIR, read_resume_state, write_resume_files
+from smokerdet.training.train import resume_training, train
 
 
 def tiny(data: Path, name: str, epochs: int = 3, workers: int = 0) -> TrainConfig:

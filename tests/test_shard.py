@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from smokerdet.distributed import bounds
 from smokerdet.errors import ConfigError
-from smokerdet.shard import (
+from smokerdet.scoring.shards import (
     PartError,
     PartHeader,
     Shard,
     blocks,
-    bounds,
     merge_parts,
     open_results,
     parse_shard,

@@ -4,7 +4,7 @@ import pytest
 from conftest import TINY_TRAIN_ARGS, synthetic_image, write_flat
 
 from smokerdet.cli import app
-from smokerdet.data import MIN_TRAIN_PER_CLASS, MIN_VAL_PER_CLASS, find_dataset
+from smokerdet.data.layout import MIN_TRAIN_PER_CLASS, MIN_VAL_PER_CLASS, find_dataset
 from smokerdet.errors import DatasetLayoutError
 
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import TINY_TRAIN_ARGS
 
-from smokerdet.checkpoint import load_model
 from smokerdet.cli import app
-from smokerdet.data import find_dataset
-from smokerdet.evaluate import evaluate
+from smokerdet.data.layout import find_dataset
 from smokerdet.metrics import binary_metrics
-from smokerdet.model import create_model
+from smokerdet.models.build import create_model
+from smokerdet.models.registry import load_model
+from smokerdet.scoring.evaluate import evaluate
 
 
 @pytest.mark.parametrize("layout", ["flat", "archive"])
@@ -145,8 +145,8 @@ def test_pretrained_unavailable_offline_fails_with_hint(runner, flat_data):
 
 
 def test_init_starts_from_the_given_weights(runner, model_copy, flat_data):
-    from smokerdet.loop import build_start
-    from smokerdet.train import TrainConfig
+    from smokerdet.training.config import TrainConfig
+    from smokerdet.training.loop import build_start
 
     start = build_start(TrainConfig(init=str(model_copy)))
     base = load_model(model_copy)

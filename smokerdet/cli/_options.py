@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperArgument, TyperCommand
 
-from smokerdet.config import EvalConfig, ScoringConfig, field_help
+from smokerdet.config import field_help
+from smokerdet.scoring import EvalConfig, ScoringConfig
 
 #: Metavars for numbers, instead of Typer's Python type names (``<int>``, ``<float>``).
 NUMBER_METAVARS = {"int": "INTEGER", "float": "FLOAT"}
@@ -43,7 +44,7 @@ def option(config: type, field: str, *decls: str, **kwargs: Any) -> Any:
     """A ``typer.Option`` for ``config.field``, whose help is that field's docstring.
 
     Example:
-        >>> from smokerdet.config import TrainConfig
+        >>> from smokerdet.training.config import TrainConfig
         >>> Epochs = Annotated[int, option(TrainConfig, "epochs", "--epochs", "-e")]
     """
     flag = "--" + field.replace("_", "-")

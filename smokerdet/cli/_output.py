@@ -24,13 +24,10 @@ from smokerdet.errors import Interrupted, SmokerdetError
 from smokerdet.metrics import BinaryMetrics
 
 if TYPE_CHECKING:
-    from smokerdet.crossval import CVResult
     from smokerdet.download import DownloadReport
-    from smokerdet.evaluate import EvalReport
-    from smokerdet.info import Info
-    from smokerdet.models import ModelInfo
-    from smokerdet.predict import Prediction
-    from smokerdet.train import EpochStats, TrainResult
+    from smokerdet.models import Info, ModelInfo
+    from smokerdet.scoring import EvalReport, Prediction
+    from smokerdet.training import CVResult, EpochStats, TrainResult
 
 
 #: Width of the stdout console off a terminal: wide enough that no row ever wraps.

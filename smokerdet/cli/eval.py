@@ -22,10 +22,10 @@ from smokerdet.cli._options import (
     ThresholdOpt,
     option,
 )
-from smokerdet.config import EvalConfig
+from smokerdet.scoring import EvalConfig
 
 if TYPE_CHECKING:
-    from smokerdet.evaluate import EvalReport
+    from smokerdet.scoring import EvalReport
 
 SplitOpt = Annotated[
     Split, option(EvalConfig, "split", "--split", "-s", metavar="[test|val|train|all]")
@@ -115,7 +115,7 @@ def eval_(
     """
     from smokerdet import distributed
     from smokerdet.cli._output import print_json, render_eval
-    from smokerdet.evaluate import evaluate
+    from smokerdet.scoring import evaluate
 
     if plots is not None:
         _check_writable(plots)

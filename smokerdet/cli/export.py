@@ -42,7 +42,7 @@ def export(model: ExportModelArg = None, out: OutOpt = None) -> None:
         smokerdet export mymodel --out mymodel.onnx
         smokerdet predict --model mymodel.onnx photos/
     """
-    from smokerdet.export import export_onnx
+    from smokerdet.models import export_onnx
 
     result = export_onnx(model, out=out)
     typer.echo(str(result.path))

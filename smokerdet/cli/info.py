@@ -14,7 +14,7 @@ def info(json_out: JsonOpt = False) -> None:
         smokerdet info --json
     """
     from smokerdet.cli._output import print_json, render_info
-    from smokerdet.info import gather_info
+    from smokerdet.models import gather_info
 
     result = gather_info()
     print_json(result.to_dict()) if json_out else render_info(result)

@@ -81,7 +81,7 @@ def default(
             hint="`smokerdet models default --reset` goes back to the shipped model",
         )
     if name is None and not reset:
-        from smokerdet.checkpoint import resolve_model
+        from smokerdet.models import resolve_model
 
         current, folder = resolve_model(None)
         out().print(current, markup=False)

@@ -19,10 +19,10 @@ from smokerdet.cli._options import (
     ThresholdOpt,
     option,
 )
-from smokerdet.config import PredictConfig
+from smokerdet.scoring import PredictConfig
 
 if TYPE_CHECKING:
-    from smokerdet.predict import Inputs
+    from smokerdet.scoring import Inputs
 
 
 class Only(str, Enum):
@@ -141,7 +141,7 @@ def predict(
     from smokerdet.cli._output import PREDICTION_FIELDS, render_predictions
     from smokerdet.distributed import world_from_env
     from smokerdet.errors import ConfigError
-    from smokerdet.predict import predict as run_predict
+    from smokerdet.scoring import predict as run_predict
 
     if json_out and csv_path is not None and str(csv_path) == "-":
         raise ConfigError("--csv - and --json both want stdout: give --csv a file name")
@@ -204,8 +204,7 @@ def _scaled(
     from smokerdet import distributed
     from smokerdet.cli._output import err, render_predictions
     from smokerdet.errors import ConfigError
-    from smokerdet.predict import merge_results, predict_shard
-    from smokerdet.shard import parse_shard
+    from smokerdet.scoring import merge_results, parse_shard, predict_shard
 
     started = time.perf_counter()
     if merge:
@@ -271,7 +270,7 @@ def _scaled(
 def _expand(paths: list[str], recursive: bool) -> Inputs:
     from smokerdet.cli._output import print_warning
     from smokerdet.errors import NoInputError
-    from smokerdet.predict import expand_inputs
+    from smokerdet.scoring import expand_inputs
 
     inputs = expand_inputs(paths, recursive=recursive)
     if not inputs.items:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 from smokerdet.cli._options import DEFAULT_DEVICE, DeviceOpt, option
-from smokerdet.config import ServeConfig
+from smokerdet.serving import ServeConfig
 
 ServeModelOpt = Annotated[
     str | None, option(ServeConfig, "model", "--model", "-m", metavar="NAME|PATH")
@@ -47,7 +47,7 @@ def serve(
         curl -s -H 'Content-Type: image/jpeg' --data-binary @photo.jpg \\
             http://127.0.0.1:8000/v1/predict
     """
-    from smokerdet.serve import serve as run_server
+    from smokerdet.serving import serve as run_server
 
     run_server(
         ServeConfig(

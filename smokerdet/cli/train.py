@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from smokerdet.cli._options import DEFAULT_DEVICE, DataOpt, DeviceOpt, JsonOpt, option
-from smokerdet.config import TrainConfig as C
+from smokerdet.training import TrainConfig as C
 
 # Options only `train` has; help texts are TrainConfig's field docstrings.
 ArchOpt = Annotated[str | None, option(C, "arch", "--arch", "-a", metavar="ARCH")]
@@ -97,11 +97,16 @@ def train(
         smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
     """
     from smokerdet.cli._output import RichTrainReporter, print_json, render_cv, render_train, say
-    from smokerdet.crossval import CVResult, cross_validate
     from smokerdet.distributed import quiet_unless_main
     from smokerdet.errors import ConfigError
-    from smokerdet.train import TrainReporter, TrainResult, resume_training
-    from smokerdet.train import train as run_train
+    from smokerdet.training import (
+        CVResult,
+        TrainReporter,
+        TrainResult,
+        cross_validate,
+        resume_training,
+    )
+    from smokerdet.training import train as run_train
 
     main_rank = quiet_unless_main()
     reporter = RichTrainReporter() if main_rank else TrainReporter()

@@ -1,0 +1,51 @@
+"""Photos and datasets: layouts and splits, image loading and the one preprocessor, training augmentation, folds.
+
+Other packages import this one through this module; its modules are listed in
+docs/architecture.md.
+"""
+
+from smokerdet.data.augment import eval_transform, train_transform
+from smokerdet.data.datasets import DecodedDataset, ImageFileDataset, collate_scored, decode_all
+from smokerdet.data.images import (
+    MAX_IMAGE_PIXELS,
+    DataConfig,
+    ResizeMode,
+    load_image,
+    preprocess,
+    view_of,
+)
+from smokerdet.data.layout import (
+    CLASS_NAMES,
+    SPLITS,
+    DatasetSplits,
+    Sample,
+    find_dataset,
+    fingerprint,
+    is_image_file,
+    label_from_name,
+    resolve_data_root,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "DataConfig",
+    "DatasetSplits",
+    "DecodedDataset",
+    "ImageFileDataset",
+    "MAX_IMAGE_PIXELS",
+    "ResizeMode",
+    "SPLITS",
+    "Sample",
+    "collate_scored",
+    "decode_all",
+    "eval_transform",
+    "find_dataset",
+    "fingerprint",
+    "is_image_file",
+    "label_from_name",
+    "load_image",
+    "preprocess",
+    "resolve_data_root",
+    "train_transform",
+    "view_of",
+]

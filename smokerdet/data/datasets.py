@@ -1,0 +1,115 @@
+"""Datasets of decoded photos for training and validation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from smokerdet.data.images import load_image
+from smokerdet.errors import ImageLoadError
+
+if TYPE_CHECKING:
+    from smokerdet.data.layout import Sample
+
+# ---------------------------------------------------------------------------------------------
+# Datasets for the DataLoader (plain sequences: no torch import at module level)
+
+
+@dataclass
+class LoadReport:
+    """What happened while reading a list of images."""
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def decode_all(
+    samples: Sequence[Sample],
+    *,
+    max_side: int | None = None,
+    threads: int | None = None,
+    on_skip: Callable[[ImageLoadError], None] | None = None,
+) -> tuple[list[tuple[Any, int]], LoadReport]:
+    """Decode every image once, in threads; skip (and report) the ones that fail.
+
+    Args:
+        samples: the labelled files.
+        max_side: shrink decoded images so their long side is at most this (memory bound).
+        threads: decoding threads (PIL releases the GIL while decoding).
+        on_skip: called with each failure, e.g. to print a one-line warning.
+    """
+    report = LoadReport()
+
+    def one(sample: Sample) -> tuple[Any, int] | ImageLoadError:
+        try:
+            im = load_image(sample.path, draft_size=max_side)
+        except ImageLoadError as e:
+            return e
+        if max_side and max(im.size) > max_side:
+            im.thumbnail((max_side, max_side))
+        return im, sample.label
+
+    out: list[tuple[Any, int]] = []
+    with ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1)) as pool:
+        for result in pool.map(one, samples):
+            if isinstance(result, ImageLoadError):
+                report.skipped.append((str(result.path), result.reason))
+                if on_skip:
+                    on_skip(result)
+            else:
+                out.append(result)
+    return out, report
+
+
+class DecodedDataset:
+    """Already-decoded (image, label) pairs, augmented on access. Yields (tensor, label)."""
+
+    def __init__(self, items: Sequence[tuple[Any, int]], transform: Callable[[Any], Any]) -> None:
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Any, float]:
+        im, label = self.items[i]
+        return self.transform(im), float(label)
+
+
+class ImageFileDataset:
+    """Image files decoded on access, for scoring. Never raises for a bad file.
+
+    Each item is ``(index, tensor or None, error or None)``; pair it with
+    :func:`collate_scored` so that a broken file becomes an error row, not a crash.
+    """
+
+    def __init__(
+        self, paths: Sequence[Path], transform: Callable[[Any], Any], draft_size: int | None = None
+    ) -> None:
+        self.paths, self.transform, self.draft_size = paths, transform, draft_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        try:
+            im = load_image(self.paths[i], draft_size=self.draft_size)
+            return i, self.transform(im), None
+        except ImageLoadError as e:
+            return i, None, e.reason
+        except Exception as e:  # a transform must not kill a 100,000-image batch either
+            return i, None, f"could not preprocess ({type(e).__name__}: {e})"
+
+
+def collate_scored(
+    batch: list[tuple[int, Any, str | None]],
+) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """Stack the good items of a batch; return (indices, tensor or None, [(index, error)])."""
+    import torch
+
+    good = [(i, t) for i, t, err in batch if err is None]
+    bad = [(i, err) for i, _, err in batch if err is not None]
+    tensor = torch.stack([t for _, t in good]) if good else None
+    return [i for i, _ in good], tensor, bad

@@ -1,0 +1,29 @@
+"""Running a model: the engine (TTA, sigmoid, CAM once), its ONNX and torch backends, batch scoring, familiarity, heatmaps.
+
+Other packages import this one through this module; its modules are listed in
+docs/architecture.md.
+"""
+
+from smokerdet.inference.backend import open_engine
+from smokerdet.inference.batch import score_paths
+from smokerdet.inference.engine import Engine
+from smokerdet.inference.familiarity import (
+    WARN_SHARE,
+    Familiarity,
+    fit_for_model,
+    load_for,
+    pooled_features,
+)
+from smokerdet.inference.torch_backend import forward_probs
+
+__all__ = [
+    "Engine",
+    "Familiarity",
+    "WARN_SHARE",
+    "fit_for_model",
+    "forward_probs",
+    "load_for",
+    "open_engine",
+    "pooled_features",
+    "score_paths",
+]

@@ -1,0 +1,1 @@
+"""smokerdet.training.recipes."""

@@ -63,3 +63,8 @@ def default_choice_file() -> Path:
 def default_model_dir() -> Path:
     """The model shipped inside the package."""
     return Path(__file__).resolve().parent / "assets" / "default"
+
+
+def face_detector_file() -> Path:
+    """The face detector shipped inside the package (see smokerdet/assets/faces/NOTICE.md)."""
+    return Path(__file__).resolve().parent / "assets" / "faces" / "blazeface_short.onnx"

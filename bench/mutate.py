@@ -39,18 +39,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY_LIMIT = 8 * 2**30  # address space of each pytest run (and of each process it starts)
-COPIED = ("smokerdet", "tests", "examples", "pyproject.toml")
+COPIED = ("smokerdet", "tests", "examples", "scripts", "pyproject.toml")
 
 # Where the code under each mutation lives: one place to update when a module moves.
 METRICS = "smokerdet/metrics.py"  # metrics._f1, binary_metrics, roc_auc
-IMAGE_LOADER = "smokerdet/images.py"  # images.load_image
-PREDICT = "smokerdet/predict.py"  # predict._generate
-ARCHIVES = "smokerdet/archives.py"  # archives._check_member
-HTTP = "smokerdet/fetch.py"  # fetch._fetch_once
-CHECKPOINT = "smokerdet/checkpoint.py"  # atomic_write_bytes, save_model
-RESUME_FORMAT = "smokerdet/resume.py"  # write_resume_files
-LOOP = "smokerdet/loop.py"  # run_epoch, restore_progress, restore_phase
-ADAPT = "smokerdet/adapt.py"  # fit_head, adapt_head
+IMAGE_LOADER = "smokerdet/data/images.py"  # images.load_image
+PREDICT = "smokerdet/scoring/predict.py"  # predict._generate
+ARCHIVES = "smokerdet/download/archives.py"  # archives._check_member
+HTTP = "smokerdet/download/fetch.py"  # fetch._fetch_once
+ATOMIC = "smokerdet/_io.py"  # atomic_write_bytes
+CHECKPOINT = "smokerdet/models/checkpoint.py"  # save_model
+RESUME_FORMAT = "smokerdet/training/resume.py"  # write_resume_files
+LOOP = "smokerdet/training/loop.py"  # run_epoch, restore_progress, restore_phase
+ADAPT = "smokerdet/training/recipes/head.py"  # fit_head, adapt_head
 ADAPT_TESTS = "tests/test_adapt.py"
 
 KILLS = "tests/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
@@ -175,7 +176,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="model-json-written-in-place",
-        file=CHECKPOINT,
+        file=ATOMIC,
         old='fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
         new=(
             'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
@@ -189,7 +190,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="weights-not-fsynced",
-        file=CHECKPOINT,
+        file=ATOMIC,
         old="os.fsync(f.fileno())",
         new='os.fsync(f.fileno()) if path.suffix != ".safetensors" else None',
         tests=(FSYNC,),
@@ -197,7 +198,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="weights-written-in-place",
-        file=CHECKPOINT,
+        file=ATOMIC,
         old='fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
         new=(
             'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'

@@ -399,9 +399,12 @@ def _fit_folder(
     dims: int,
     backend: str,
     train_labels: Sequence[int] | None,
-) -> tuple[str, Familiarity]:
-    """Fit and save a model folder's stats (and rehearsal rows); the model's name and its
-    stats. ValueError: too few readable training photos (rehearsal rows are kept anyway)."""
+) -> Familiarity:
+    """Fit and save a model folder's stats (and, given labels, its rehearsal rows first).
+
+    Raises:
+        ValueError: too few readable training photos, or all alike.
+    """
     from smokerdet.inference.backend import open_engine
     from smokerdet.models import rehearsal
 
@@ -411,16 +414,12 @@ def _fit_folder(
     if train_labels is not None and len(train):
         labels = np.asarray(train_labels)[kept]
         rehearsal.save(Path(folder), train, labels, engine.meta.weights_sha256)
-    try:
-        if len(train) < MIN_PHOTOS:  # before reading the validation photos for nothing
-            raise ValueError(f"need at least {MIN_PHOTOS} training photos, got {len(train)}")
-        val = pooled_features(engine, val_paths) if val_paths else None
-        stats = fit(train, val, dims=dims, weights_sha256=engine.meta.weights_sha256)
-    except ValueError:
-        sidecars.embed(Path(folder))  # the rehearsal rows still ride in its ONNX file
-        raise
-    save(stats, Path(folder))
-    return engine.name, stats
+    if len(train) < MIN_PHOTOS:  # before reading the validation photos for nothing
+        raise ValueError(f"need at least {MIN_PHOTOS} training photos, got {len(train)}")
+    val = pooled_features(engine, val_paths) if val_paths else None
+    stats = fit(train, val, dims=dims, weights_sha256=engine.meta.weights_sha256)
+    save(stats, Path(folder))  # which embeds the rehearsal rows too
+    return stats
 
 
 def fit_for_model(
@@ -478,7 +477,7 @@ def refit(
         raise DatasetLayoutError(f"{flag}: {e.message}", hint=hint) from None
     train, val = [s.path for s in splits.train], [s.path for s in splits.val]
     try:
-        _, stats = _fit_folder(folder, train, val, dims=dims, backend="auto", train_labels=None)
+        stats = _fit_folder(folder, train, val, dims=dims, backend="auto", train_labels=None)
     except ValueError as e:
         raise DatasetLayoutError(
             f"{flag}: its train split cannot be described ({e})", hint=hint

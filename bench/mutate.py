@@ -53,6 +53,10 @@ RESUME_FORMAT = "smokerdet/training/resume.py"  # write_resume_files
 LOOP = "smokerdet/training/loop.py"  # run_epoch, restore_progress, restore_phase
 ADAPT = "smokerdet/training/recipes/head.py"  # fit_head, adapt_head
 ADAPT_TESTS = "tests/test_adapt.py"
+FAMILIARITY = "smokerdet/inference/familiarity.py"  # fit, load_for, _checked, _sources
+EXPORT = "smokerdet/models/export.py"  # export_onnx
+FAMILIARITY_TESTS = "tests/test_familiarity.py"
+EXPORT_TESTS = "tests/test_export.py"
 
 KILLS = "tests/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
 FSYNC = (
@@ -329,6 +333,52 @@ MUTATIONS: list[Mutation] = [
             f"{ADAPT_TESTS}::test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold",
         ),
         proves="head-only adaptation leaves every backbone tensor as it was",
+    ),
+    Mutation(
+        id="familiarity-of-other-weights-used",
+        file=FAMILIARITY,
+        old="    if stats.weights_sha256 != ours:\n",
+        new="    if False:\n",
+        tests=(
+            f"{EXPORT_TESTS}::test_stats_of_other_weights_in_the_onnx_file_are_one_note_and_no_familiarity",
+            f"{FAMILIARITY_TESTS}::test_stats_file_of_other_weights_is_refused",
+        ),
+        proves="familiarity stats of other weights, inside the ONNX file or beside it, are "
+        "named in one note and never used",
+    ),
+    Mutation(
+        id="familiarity-inside-the-file-ignored",
+        file=FAMILIARITY,
+        old="    if field in engine.metadata:\n",
+        new="    if False:\n",
+        tests=(f"{EXPORT_TESTS}::test_an_exported_file_copied_alone_keeps_its_familiarity",),
+        proves="an exported .onnx file alone gives familiarity scores, from the stats it carries",
+    ),
+    Mutation(
+        id="export-carries-no-familiarity",
+        file=EXPORT,
+        old="{**metadata_for(loaded.meta, head), **found.props}",
+        new="metadata_for(loaded.meta, head)",
+        tests=(f"{EXPORT_TESTS}::test_an_exported_file_copied_alone_keeps_its_familiarity",),
+        proves="an exported .onnx file carries its model's familiarity stats",
+    ),
+    Mutation(
+        id="few-photos-get-no-familiarity",
+        file=FAMILIARITY,
+        old="MIN_PHOTOS = 2\n",
+        new="MIN_PHOTOS = 8\n",
+        tests=(f"{FAMILIARITY_TESTS}::test_a_model_trained_on_few_photos_has_familiarity_stats",),
+        proves="a model trained on few photos still has familiarity stats",
+    ),
+    Mutation(
+        id="few-photos-calibrated-in-sample",
+        file=FAMILIARITY,
+        old="distances = stats.distance(raw) * n / (n - 1)",
+        new="distances = stats.distance(raw)",
+        tests=(
+            f"{FAMILIARITY_TESTS}::test_few_photos_get_isotropic_stats_calibrated_leave_one_out",
+        ),
+        proves="without validation photos, few training photos calibrate the cut leave-one-out",
     ),
     Mutation(
         id="torchrun-exit-through-interpreter-shutdown",

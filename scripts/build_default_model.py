@@ -16,8 +16,8 @@ Steps (each a subcommand; ``all`` runs them in order):
    sources are not used: see docs/model-card.md, "Other sources".)
 3. ``ship``: copy the trained model into the package in fp16, recording the build command,
    seed, data and the backbone's provenance in ``model.json``, export it to ``model.onnx``
-   (what ``predict`` runs), fit its familiarity stats and rehearsal rows, and record its
-   answers on ``examples/`` for the golden test.
+   (what ``predict`` runs), fit its familiarity stats and rehearsal rows (which then ride
+   in ``model.onnx`` too), and record its answers on ``examples/`` for the golden test.
 
 Example:
     python scripts/build_default_model.py all --data ../shared/data/smoker-detection
@@ -259,8 +259,9 @@ def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
 
 
 def fit_shipped_familiarity(data: Path) -> None:
-    """Describe the Training photos in feature space (predict's ``familiar`` field), the cut
-    calibrated on the Validation photos, and keep rehearsal rows of both for site adaptation.
+    """Keep rehearsal rows of the Training and Validation photos for site adaptation, then
+    describe the Training photos in feature space (predict's ``familiar`` field), the cut
+    calibrated on the Validation photos; both go beside the weights and into model.onnx.
 
     The final model trained on the Validation photos too, so they sit a little closer than
     unseen photos would: the cut is slightly tight, erring towards "unfamiliar".
@@ -269,13 +270,11 @@ def fit_shipped_familiarity(data: Path) -> None:
 
     from smokerdet.data.layout import find_dataset
     from smokerdet.inference.backend import open_engine
-    from smokerdet.inference.familiarity import fit_for_model, pooled_features
+    from smokerdet.inference.familiarity import pooled_features, refit
     from smokerdet.models import rehearsal
     from smokerdet.models.checkpoint import read_meta
 
     ds = find_dataset(data)
-    path = fit_for_model(SHIPPED, [s.path for s in ds.train], [s.path for s in ds.val])
-    print(f"familiarity stats: {path}")
     photos = ds.train + ds.val
     kept: list[int] = []
     engine = open_engine(str(SHIPPED), device="cpu")
@@ -283,6 +282,11 @@ def fit_shipped_familiarity(data: Path) -> None:
     labels = np.array([photos[i].label for i in kept])
     out = rehearsal.save(SHIPPED, x, labels, read_meta(SHIPPED).weights_sha256)
     print(f"rehearsal rows: {out}")
+    # what `smokerdet export default --refit-familiarity DATA` does, and it embeds both
+    stats = refit(SHIPPED, data)
+    print(
+        f"familiarity stats: {stats.n_train} photos, cut from {stats.n_val} ({stats.calibration})"
+    )
 
 
 def export_shipped() -> None:

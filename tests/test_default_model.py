@@ -51,6 +51,18 @@ def test_the_shipped_model_carries_rehearsal_rows_for_its_own_backbone():
     assert rows.features.shape[1] == 1280
 
 
+def test_the_shipped_onnx_file_carries_the_folders_familiarity_and_rehearsal_byte_for_byte():
+    from smokerdet.inference.backend import open_engine
+    from smokerdet.models import sidecars
+
+    engine = open_engine("default", backend="onnx")
+    carried = 0
+    for name, field in sidecars.FIELDS.items():
+        assert sidecars.decode(engine.metadata[field]) == (default_model_dir() / name).read_bytes()
+        carried += len(engine.metadata[field])
+    assert carried < 2.5e6  # base64 of the 334 kB stats and the 1.3 MB of fp16 rows
+
+
 def test_a_site_adapts_the_shipped_model_head_only(runner, smokerdet_home):
     """The path a real site takes: `train --init default` on its 12 photos (examples/)."""
     r = runner.invoke(app, ["train", "--init", "default", "--data", str(EXAMPLES), "--json",

@@ -1,8 +1,10 @@
-"""smokerdet.export: ONNX files with metadata, checked against torch; the shipped ONNX file."""
+"""smokerdet.export: ONNX files with metadata, checked against torch; the shipped ONNX file;
+the familiarity stats and rehearsal rows they carry; --refit-familiarity."""
 
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import onnx
@@ -13,8 +15,11 @@ from conftest import EXAMPLES, write_flat
 import smokerdet
 from smokerdet.cli import app
 from smokerdet.inference.backend import open_engine
+from smokerdet.inference.familiarity import FAMILIARITY_FILE, Familiarity
+from smokerdet.models import sidecars
 from smokerdet.models.checkpoint import read_meta
 from smokerdet.models.export import ExportError, export_onnx
+from smokerdet.models.onnx_format import read_props, with_props
 from smokerdet.paths import default_model_dir
 from smokerdet.training.config import TrainConfig
 from smokerdet.training.loop import TrainingInterrupted, TrainReporter
@@ -48,7 +53,11 @@ def test_export_writes_metadata_and_agrees_with_torch(model_copy: Path):
     result = export_onnx("tiny")
     assert result.path == model_copy / "model.onnx" and result.path.is_file()
     assert result.max_abs_diff <= 1e-3 and result.heatmaps
+    assert result.familiarity and result.rehearsal and result.not_carried == {}
     props = props_of(result.path)
+    for name, field in sidecars.FIELDS.items():  # the folder's own files, byte for byte
+        assert sidecars.decode(props[field]) == (model_copy / name).read_bytes()
+    assert result.carried_bytes == sum(len(f) + len(props[f]) for f in sidecars.FIELDS.values())
     meta = read_meta(model_copy)
     assert props["format"] == "smokerdet-onnx/1"
     assert props["arch"] == "resnet10t"
@@ -83,12 +92,17 @@ def test_export_command_prints_the_path_and_the_check(runner, model_copy: Path, 
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() == str(out) and out.is_file()
     size_mb = out.stat().st_size / 1e6
-    line = re.fullmatch(
-        r"Exported resnet10t \((\d+\.\d) MB\), max \|dp\| vs torch = (\S+)\n", r.stderr
+    n_train = Familiarity.from_bytes((model_copy / FAMILIARITY_FILE).read_bytes()).n_train
+    lines = re.fullmatch(
+        r"Exported resnet10t \((\d+\.\d) MB\), max \|dp\| vs torch = (\S+)\n"
+        rf"It carries familiarity stats of {n_train} photos and rehearsal rows: (\S+) MB\n",
+        r.stderr,
     )
-    assert line, r.stderr
-    assert float(line.group(1)) == pytest.approx(size_mb, abs=0.05)
-    assert float(line.group(2)) <= 1e-3  # resnet10t has a pooled linear head: no heatmap note
+    assert lines, r.stderr
+    assert float(lines.group(1)) == pytest.approx(size_mb, abs=0.05)
+    assert float(lines.group(2)) <= 1e-3  # resnet10t has a pooled linear head: no heatmap note
+    carried = sum(len(v) for k, v in props_of(out).items() if k in ("familiarity", "rehearsal"))
+    assert float(lines.group(3)) == pytest.approx(carried / 1e6, abs=0.01)
     # the file alone is a model: predict runs it with nothing beside it, through ONNX
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.onnx"]
     photos = tmp_path / "photos"
@@ -98,6 +112,146 @@ def test_export_command_prints_the_path_and_the_check(runner, model_copy: Path, 
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(rows) == 4 and all(row["error"] is None and row["label"] for row in rows)
     assert all(row["model"] == "tiny" for row in rows)
+
+
+def alone(source: Path, tmp_path: Path) -> Path:
+    """``source`` copied alone into an empty folder."""
+    folder = tmp_path / "alone"
+    folder.mkdir()
+    return Path(shutil.copy(source, folder / "tiny.onnx"))
+
+
+def predict_json(runner, model: Path, tmp_path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of ``predict --json`` on four photos, and its stderr lines about familiarity."""
+    photos = write_flat(tmp_path / "photos", n_per_class=2)
+    r = runner.invoke(app, ["predict", "--model", str(model), str(photos), "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if "familiarity" in line]
+    return [json.loads(x) for x in r.stdout.splitlines()], lines
+
+
+def test_an_exported_file_copied_alone_keeps_its_familiarity(runner, model_copy, tmp_path):
+    r = runner.invoke(app, ["export", "tiny"])
+    assert r.exit_code == 0, r.output
+    rows, notes = predict_json(runner, alone(model_copy / "model.onnx", tmp_path), tmp_path)
+    assert len(rows) == 4 and all(row["familiarity"] > 0 for row in rows)
+    assert notes == []
+    with_folder = list(smokerdet.predict([tmp_path / "photos"], model="tiny"))
+    assert [row["familiarity"] for row in rows] == pytest.approx(
+        [p.familiarity for p in with_folder], rel=1e-6
+    )
+
+
+def tampered(path: Path, blob: bytes) -> None:
+    """Replace the familiarity stats inside the ONNX file at ``path`` by ``blob``."""
+    whole = path.read_bytes()
+    path.write_bytes(with_props(whole, {**read_props(whole), "familiarity": sidecars.encode(blob)}))
+
+
+def test_a_tampered_stats_blob_in_the_onnx_file_is_one_note_and_no_familiarity(
+    runner, model_copy, tmp_path
+):
+    onnx_file = alone(model_copy / "model.onnx", tmp_path)
+    blob = bytearray((model_copy / FAMILIARITY_FILE).read_bytes())
+    blob[-40:] = b"\xff" * 40  # the last floats: NaN
+    tampered(onnx_file, bytes(blob))
+    rows, notes = predict_json(runner, onnx_file, tmp_path)
+    assert len(rows) == 4 and all(row["familiarity"] is None for row in rows)
+    assert notes == [
+        f"Warning: field 'familiarity' of {onnx_file} is not valid (a value is not finite): "
+        "predictions carry no familiarity score (export the file again from its model "
+        "folder, with --refit-familiarity DATA)"
+    ]
+
+
+def test_stats_of_other_weights_in_the_onnx_file_are_one_note_and_no_familiarity(
+    runner, model_copy, tmp_path
+):
+    onnx_file = alone(model_copy / "model.onnx", tmp_path)
+    stats = Familiarity.from_bytes((model_copy / FAMILIARITY_FILE).read_bytes())
+    other = Familiarity(**{**stats.__dict__, "weights_sha256": "0" * 64})
+    tampered(onnx_file, other.to_bytes())
+    rows, notes = predict_json(runner, onnx_file, tmp_path)
+    assert len(rows) == 4 and all(row["familiarity"] is None for row in rows)
+    assert notes == [
+        f"Warning: field 'familiarity' of {onnx_file} belongs to other weights (weights_sha256 "
+        f"000000000000..., the model's is {stats.weights_sha256[:12]}...): predictions carry "
+        "no familiarity score (export the file again from its model folder, with "
+        "--refit-familiarity DATA)"
+    ]
+
+
+def test_an_old_file_without_stats_is_one_note(runner, model_copy, tmp_path):
+    onnx_file = alone(model_copy / "model.onnx", tmp_path)
+    whole = onnx_file.read_bytes()
+    props = {k: v for k, v in read_props(whole).items() if k not in sidecars.FIELDS.values()}
+    onnx_file.write_bytes(with_props(whole, props))
+    rows, notes = predict_json(runner, onnx_file, tmp_path)
+    assert all(row["familiarity"] is None for row in rows)
+    assert notes == [
+        "Note: tiny has no familiarity stats: predictions carry no familiarity score (export "
+        "the file again from its model folder, with --refit-familiarity DATA)"
+    ]
+
+
+def test_export_of_a_model_without_stats_says_so(runner, model_copy: Path, tmp_path: Path):
+    (model_copy / FAMILIARITY_FILE).unlink()
+    out = tmp_path / "tiny.onnx"
+    r = runner.invoke(app, ["export", "tiny", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines()[1:] == [
+        "It carries rehearsal rows: " + r.stderr.splitlines()[1].split(": ")[1],
+        f"Note: {FAMILIARITY_FILE} of tiny is missing: the file carries no familiarity stats, "
+        "so its predictions carry no familiarity score "
+        "(`smokerdet export tiny --refit-familiarity DATA` fits them)",
+    ]
+    assert "familiarity" not in props_of(out) and "rehearsal" in props_of(out)
+
+
+def test_refit_familiarity_writes_stats_into_the_folder_and_the_file(
+    runner, model_copy: Path, flat_data: Path, tmp_path: Path
+):
+    (model_copy / FAMILIARITY_FILE).unlink()
+    sidecars.embed(model_copy)
+    out = tmp_path / "tiny.onnx"
+    r = runner.invoke(
+        app, ["export", "tiny", "--refit-familiarity", str(flat_data), "-o", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    blob = (model_copy / FAMILIARITY_FILE).read_bytes()
+    stats = Familiarity.from_bytes(blob)
+    # flat_data: 10 photos a class, split like training splits it: 20% test, then 20% val
+    assert (stats.n_train, stats.n_val, stats.calibration) == (12, 4, "validation")
+    assert stats.weights_sha256 == read_meta(model_copy).weights_sha256
+    assert "It carries familiarity stats of 12 photos and rehearsal rows (refitted): " in r.stderr
+    for onnx_file in (out, model_copy / "model.onnx"):
+        assert sidecars.decode(props_of(onnx_file)["familiarity"]) == blob
+    assert all(p.familiarity is not None for p in smokerdet.predict([flat_data], model="tiny"))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("missing", "dataset folder not found: {data}"),
+        ("unlabelled", "no labelled images in {data}: found 1 images, 0 with a class prefix"),
+    ],
+)
+def test_refit_familiarity_on_bad_data_is_exit_1_and_writes_nothing(
+    runner, model_copy: Path, tmp_path: Path, data: str, message: str
+):
+    folder = tmp_path / data
+    if data == "unlabelled":
+        write_flat(folder, n_per_class=1)
+        (folder / "notsmoking_0000.jpg").unlink()
+        (folder / "smoking_0000.jpg").rename(folder / "photo.jpg")
+    before = {p.name: p.read_bytes() for p in model_copy.iterdir() if p.is_file()}
+    r = runner.invoke(app, ["export", "tiny", "--refit-familiarity", str(folder)])
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.startswith(
+        f"Error: --refit-familiarity {folder}: {message.format(data=folder)}"
+    ), r.stderr
+    assert "Hint: give --refit-familiarity the dataset folder the model was trained on" in r.stderr
+    assert {p.name: p.read_bytes() for p in model_copy.iterdir() if p.is_file()} == before
 
 
 def test_export_command_default_writes_into_the_model_folder(runner, model_copy: Path):

@@ -1,5 +1,5 @@
-"""Familiarity: the stats' round trip, the shipped model's scores on both backends, and the
-notes for missing, corrupt or mismatched stats."""
+"""Familiarity: the stats' round trip, few photos, the shipped model's scores on both backends,
+and the notes for missing, corrupt or mismatched stats."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, TINY_TRAIN_ARGS, write_flat
 from PIL import Image
 
 import smokerdet
@@ -26,6 +26,7 @@ from smokerdet.inference.familiarity import (
     load_for,
     save,
 )
+from smokerdet.models import sidecars
 from smokerdet.paths import default_model_dir
 
 SHIPPED = default_model_dir()
@@ -60,6 +61,18 @@ def shipped_copy(smokerdet_home: Path) -> Path:
     return dest
 
 
+def strip(folder: Path) -> None:
+    """Make ``folder`` a model from before familiarity: no stats beside it or in its ONNX file."""
+    (folder / FAMILIARITY_FILE).unlink()
+    assert sidecars.embed(folder)
+    assert "familiarity" not in open_engine(folder).metadata
+
+
+def familiarity_lines(stderr: str) -> list[str]:
+    """The lines of a run's stderr about familiarity stats (not its summary line)."""
+    return [line for line in stderr.splitlines() if "familiarity" in line]
+
+
 def clusters(n: int, seed: int, dim: int = 48) -> np.ndarray:
     """Features with a few strong directions and a little noise in all the others."""
     rng = np.random.default_rng(seed)
@@ -86,12 +99,46 @@ def test_fit_round_trip_flags_far_points_and_keeps_95_percent_of_calibration():
     )
 
 
-def test_fit_needs_a_few_photos_and_tolerates_no_validation():
-    with pytest.raises(ValueError, match="at least 8 training photos"):
-        fit(clusters(5, 1), None)
+def test_fit_needs_two_photos_and_tolerates_no_validation():
+    with pytest.raises(ValueError, match="at least 2 training photos, got 1"):
+        fit(clusters(1, 1), None)
+    with pytest.raises(ValueError, match="look all alike"):
+        fit(np.ones((3, 48)), None)
     stats = fit(clusters(20, 1), None, dims=64)  # more dims than photos: capped, not singular
     assert stats.components.shape == (48, 19) and stats.n_val == 0
+    assert (stats.method, stats.calibration) == ("ppca-mahalanobis", "training")
     assert np.isfinite(stats.score(clusters(3, 2))).all()
+
+
+def test_few_photos_get_isotropic_stats_calibrated_leave_one_out():
+    stats = fit(clusters(4, 1), None, log_scale=0)
+    assert stats.components.shape == (48, 0) and stats.n_train == 4 and stats.n_val == 0
+    assert (stats.method, stats.calibration) == ("isotropic-mahalanobis", "leave-one-out")
+    # Leave-one-out, a new photo of the same source is as likely as any of the 4 to be the
+    # farthest: on average about 4 in 5 count as familiar (measured from the mean they made
+    # themselves, the 4 would set a cut that lets in half of them).
+    new = clusters(1000, 3)
+    shares = [fit(clusters(4, seed), None, log_scale=0).familiar(new).mean() for seed in range(40)]
+    assert 0.7 <= np.mean(shares) <= 0.9
+    assert not stats.familiar(clusters(5, 4) + 100 * np.eye(48)[7]).any()
+    again = Familiarity.from_bytes(stats.to_bytes())
+    assert (again.method, again.calibration, again.n_train) == (stats.method, stats.calibration, 4)
+    np.testing.assert_allclose(again.score(clusters(3, 5)), stats.score(clusters(3, 5)), rtol=1e-5)
+    with_val = fit(clusters(4, 1), clusters(6, 2), log_scale=0)
+    assert (with_val.calibration, with_val.n_val) == ("validation", 6)
+
+
+def test_a_model_trained_on_few_photos_has_familiarity_stats(runner, tmp_path, smokerdet_home):
+    data = write_flat(tmp_path / "few", n_per_class=5)  # 4 training photos, 4 to validate
+    r = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(data), "--name", "few"])
+    assert r.exit_code == 0, r.output
+    folder = smokerdet_home / "models" / "few"
+    blob = (folder / FAMILIARITY_FILE).read_bytes()
+    stats = Familiarity.from_bytes(blob)
+    assert (stats.n_train, stats.n_val, stats.method) == (4, 4, "isotropic-mahalanobis")
+    assert open_engine(folder).metadata["familiarity"] == sidecars.encode(blob)  # its ONNX too
+    rows = list(smokerdet.predict([data], model="few"))
+    assert rows and all(r.familiarity is not None for r in rows)
 
 
 @pytest.mark.parametrize(
@@ -154,52 +201,84 @@ def test_noise_photos_are_unfamiliar_with_one_warning(runner, tmp_path: Path):
 
 
 def test_missing_stats_mean_none_and_one_note(runner, shipped_copy: Path):
-    (shipped_copy / FAMILIARITY_FILE).unlink()
+    strip(shipped_copy)
     r = runner.invoke(app, ["predict", str(EXAMPLES), "--model", "shipped", "--json"])
     assert r.exit_code == 0, r.output
     assert len(r.stdout.splitlines()) == len(list(EXAMPLES.glob("*.jpg")))
-    assert r.stderr.count(f"Note: shipped has no {FAMILIARITY_FILE}") == 1
+    assert familiarity_lines(r.stderr) == [
+        "Note: shipped has no familiarity stats: predictions carry no familiarity score "
+        "(`smokerdet export shipped --refit-familiarity DATA` fits them)"
+    ]
     assert "look unlike" not in r.stderr
     rows = [p.to_dict() for p in smokerdet.predict([EXAMPLES], model="shipped")]
     assert rows and all(row["familiar"] is None and row["familiarity"] is None for row in rows)
 
 
-def test_corrupt_stats_file_is_a_warning_naming_it(runner, shipped_copy: Path):
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_corrupt_stats_file_is_a_warning_naming_it(runner, shipped_copy: Path, backend: str):
     path = shipped_copy / FAMILIARITY_FILE
     path.write_bytes(path.read_bytes()[:1000])  # truncated
-    r = runner.invoke(app, ["predict", str(EXAMPLES / "smoking_0001.jpg"), "-m", "shipped", "--json"])  # fmt: skip
+    sidecars.embed(shipped_copy)  # so its ONNX file carries none either
+    r = runner.invoke(app, ["predict", str(EXAMPLES / "smoking_0001.jpg"), "-m", "shipped",
+                            "--json", "--backend", backend])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["label"] == "smoking"
     assert r.stderr.count(f"Warning: {path} is not valid (not a safetensors file") == 1
+    (line,) = familiarity_lines(r.stderr)  # one line, naming the file, then the summary
+    assert line.endswith("predictions carry no familiarity score (`smokerdet export shipped "
+                         "--refit-familiarity DATA` fits them)")  # fmt: skip
     (row,) = smokerdet.predict([EXAMPLES / "smoking_0001.jpg"], model="shipped")
     assert row.familiar is None and row.familiarity is None
 
 
-def test_stats_of_other_weights_are_refused(notes, shipped_copy: Path):
+def test_stats_file_of_other_weights_is_refused(runner, shipped_copy: Path):
     stats = Familiarity.from_bytes((shipped_copy / FAMILIARITY_FILE).read_bytes())
     other = Familiarity(**{**stats.__dict__, "weights_sha256": "0" * 64})
-    save(other, shipped_copy)
+    save(other, shipped_copy)  # and the ONNX file, made from the model's weights, drops them
+    assert "familiarity" not in open_engine(shipped_copy).metadata
+    r = runner.invoke(app, ["predict", str(EXAMPLES / "smoking_0001.jpg"), "-m", "shipped", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["familiarity"] is None
+    assert familiarity_lines(r.stderr) == [
+        f"Warning: {shipped_copy / FAMILIARITY_FILE} belongs to other weights (weights_sha256 "
+        f"000000000000..., the model's is {stats.weights_sha256[:12]}...): predictions carry "
+        "no familiarity score (`smokerdet export shipped --refit-familiarity DATA` fits them)"
+    ]
+
+
+def test_bad_stats_inside_the_onnx_file_fall_back_to_the_folder_and_say_so(
+    notes, shipped_copy: Path
+):
+    from smokerdet.models.onnx_format import read_props, with_props
+
+    onnx_file = shipped_copy / "model.onnx"
+    blob = onnx_file.read_bytes()
+    onnx_file.write_bytes(with_props(blob, {**read_props(blob), "familiarity": "not base64!"}))
     (row,) = smokerdet.predict([EXAMPLES / "smoking_0001.jpg"], model="shipped")
-    assert row.familiar is None and row.familiarity is None
-    assert any(
-        str(shipped_copy / FAMILIARITY_FILE) in line and "belongs to other weights" in line
-        for line in notes
-    )
+    assert row.familiarity is not None  # the folder's own file, which is valid
+    assert notes == [
+        f"WARNING: field 'familiarity' of {onnx_file} is not valid (not base64): "
+        f"using {shipped_copy / FAMILIARITY_FILE} instead"
+    ]
 
 
 def test_fit_for_model_on_a_trained_model(model_copy: Path, notes, tmp_path: Path):
-    (model_copy / FAMILIARITY_FILE).unlink()  # training fits it; a model from before did not
+    strip(model_copy)  # training fits them; a model from before did not
     engine = open_engine(model_copy)
     assert load_for(engine) is None and any("has no familiarity" in n for n in notes)
     photos = sorted(EXAMPLES.glob("*.jpg"))
     path = fit_for_model(model_copy, photos[:10], photos[10:])
     assert path == model_copy / FAMILIARITY_FILE
-    stats = load_for(open_engine(model_copy))
+    engine = open_engine(model_copy)
+    assert engine.metadata["familiarity"] == sidecars.encode(path.read_bytes())  # both places
+    stats = load_for(engine)
     assert stats is not None and stats.n_train == 10 and stats.n_val == len(photos) - 10
     rows = list(smokerdet.predict(photos, model="tiny"))
     assert all(r.familiarity is not None for r in rows)
-    assert fit_for_model(model_copy, photos[:3], []) is None  # too few: a note, no file change
-    assert any("too few to describe" in n for n in notes)
+    before = path.read_bytes()
+    assert fit_for_model(model_copy, photos[:1], []) is None  # too few: a note, no file change
+    assert path.read_bytes() == before
+    assert any("tiny has no familiarity stats: too few to describe" in n for n in notes)
 
 
 def test_score_with_features_matches_score():

@@ -35,7 +35,9 @@ def test_list_marks_the_shipped_model_as_default(model_copy):
     assert not tiny.is_shipped and not tiny.is_default
     assert tiny.arch == "resnet10t" and tiny.path == model_copy and tiny.created
     assert "f1" in tiny.val_metrics and tiny.problem is None
+    assert shipped.familiarity and tiny.familiarity
     assert json.loads(json.dumps(tiny.to_dict()))["name"] == "tiny"
+    assert json.loads(json.dumps(tiny.to_dict()))["familiarity"] is True
 
 
 def test_set_and_reset_default(model_copy, smokerdet_home):

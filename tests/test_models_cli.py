@@ -37,8 +37,39 @@ def test_list_marks_the_shipped_model_as_default(runner, model_copy):
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines()]
     rows = [row for row in rows if row]
     assert rows[0][:3] == ["*", "default (shipped)", "tf_efficientnet_lite0"]
-    assert rows[1][:3] == ["", "tiny", "resnet10t"] and rows[1][6] == str(model_copy)
+    assert rows[1][:3] == ["", "tiny", "resnet10t"] and rows[1][7] == str(model_copy)
     assert "* answers when no --model is given" in r.stdout
+
+
+def test_list_shows_which_models_have_familiarity_stats(runner, model_copy):
+    from smokerdet.inference.familiarity import FAMILIARITY_FILE, Familiarity, save
+    from smokerdet.models import sidecars
+
+    models = model_copy.parent
+    for name in ("in-onnx-only", "none", "other-weights"):
+        shutil.copytree(model_copy, models / name)
+    (models / "in-onnx-only" / FAMILIARITY_FILE).unlink()  # its model.onnx still carries them
+    (models / "none" / FAMILIARITY_FILE).unlink()
+    sidecars.embed(models / "none")
+    stats = Familiarity.from_bytes((model_copy / FAMILIARITY_FILE).read_bytes())
+    save(Familiarity(**{**stats.__dict__, "weights_sha256": "0" * 64}), models / "other-weights")
+    listed = _listed(runner)
+    assert {name: m["familiarity"] for name, m in listed.items()} == {
+        "default": True,
+        "tiny": True,
+        "in-onnx-only": True,
+        "none": False,
+        "other-weights": False,
+    }
+    r = runner.invoke(app, ["models", "list"])
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines()]
+    assert {row[1]: row[6] for row in cells if row} == {
+        "default (shipped)": "yes",
+        "tiny": "yes",
+        "in-onnx-only": "yes",
+        "none": "no",
+        "other-weights": "no",
+    }
 
 
 def test_default_name_then_alone_then_reset(runner, model_copy):

@@ -25,7 +25,7 @@ from smokerdet.metrics import BinaryMetrics
 
 if TYPE_CHECKING:
     from smokerdet.download import DownloadReport
-    from smokerdet.models import Info, ModelInfo
+    from smokerdet.models import ExportResult, Info, ModelInfo
     from smokerdet.scoring import EvalReport, Prediction
     from smokerdet.training import CVResult, EpochStats, TrainResult
 
@@ -192,10 +192,42 @@ def render_info(info: Info) -> None:
         console.print("No trained models yet.")
 
 
+def render_export(result: ExportResult) -> None:
+    """``smokerdet export``: the file's path on stdout; its check and what it carries on stderr."""
+    from smokerdet.models import FAMILIARITY_FILE, REHEARSAL_FILE
+    from smokerdet.models.sidecars import MISSING
+
+    sys.stdout.write(f"{result.path}\n")
+    note = "" if result.heatmaps else "; heatmaps need --backend torch"
+    say(
+        f"Exported {result.arch} ({result.size_bytes / 1e6:.1f} MB), "
+        f"max |dp| vs torch = {result.max_abs_diff:.1e}{note}"
+    )
+    carries = []
+    if result.familiarity:
+        carries.append(f"familiarity stats of {result.familiarity_photos} photos")
+    if result.rehearsal:
+        carries.append("rehearsal rows")
+    if carries:
+        refitted = " (refitted)" if result.refitted else ""
+        say(f"It carries {' and '.join(carries)}{refitted}: {result.carried_bytes / 1e6:.2f} MB")
+    problem = result.not_carried.get(FAMILIARITY_FILE)
+    if problem is not None:
+        say(
+            f"Note: {FAMILIARITY_FILE} of {result.model} {problem}: the file carries no "
+            "familiarity stats, so its predictions carry no familiarity score "
+            f"(`smokerdet export {result.model} --refit-familiarity DATA` fits them)"
+        )
+    problem = result.not_carried.get(REHEARSAL_FILE, MISSING)
+    if problem != MISSING:  # a model without rehearsal rows is normal; a bad file is not
+        say(f"Note: {REHEARSAL_FILE} of {result.model} {problem}: the file carries none")
+
+
 def render_models(models: list[ModelInfo]) -> None:
     """``smokerdet models list``: one row per model, the default marked ``*``."""
     table = Table(title="Models", title_justify="left", caption_justify="left")
-    for col in ("", "name", "arch", "created", "val F1", "threshold", "path", "problem"):
+    columns = ("", "name", "arch", "created", "val F1", "threshold", "familiarity", "path")
+    for col in (*columns, "problem"):
         table.add_column(col, overflow="fold")
     for m in models:
         table.add_row(
@@ -205,6 +237,7 @@ def render_models(models: list[ModelInfo]) -> None:
             m.created or "-",
             fmt(m.val_metrics.get("f1")),
             fmt(m.threshold),
+            "yes" if m.familiarity else "no",
             escape(str(m.path)),
             f"[red]{escape(m.problem)}[/red]" if m.problem else "-",
         )

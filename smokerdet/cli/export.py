@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from smokerdet.cli._options import option
+from smokerdet.models import ExportConfig
+
 ExportModelArg = Annotated[
     str | None,
     typer.Argument(
@@ -16,24 +19,28 @@ ExportModelArg = Annotated[
     ),
 ]
 OutOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--out",
-        "-o",
-        metavar="FILE",
-        help="ONNX file to write (default: model.onnx in the model's folder).",
-        show_default=False,
-    ),
+    Path | None, option(ExportConfig, "out", "--out", "-o", metavar="FILE", show_default=False)
+]
+RefitOpt = Annotated[
+    Path | None, option(ExportConfig, "refit_familiarity", metavar="DIR", show_default=False)
 ]
 
 
-def export(model: ExportModelArg = None, out: OutOpt = None) -> None:
-    """Export a trained model to an ONNX file that predicts without torch.
+def export(
+    model: ExportModelArg = None,
+    out: OutOpt = None,
+    refit_familiarity: RefitOpt = None,
+) -> None:
+    """Export a trained model to one ONNX file that predicts without torch.
 
-    The file carries the model's metadata (arch, input size, threshold, class names, TTA and
-    the hash of its weights) and is checked against torch before it is written; its path is
-    printed on stdout. In the model's folder it makes predict, eval and serve use ONNX
-    Runtime; written elsewhere, it is a model on its own (--model FILE.onnx).
+    The file carries what the model needs to answer: its metadata (arch, input size,
+    threshold, class names, TTA and the hash of its weights), its familiarity stats and its
+    rehearsal rows. It is checked against torch before it is written; its path is printed on
+    stdout. In the model's folder it makes predict, eval and serve use ONNX Runtime; written
+    elsewhere, it is a model on its own (--model FILE.onnx).
+
+    A model without familiarity stats (made before they existed, or killed before they were
+    fitted) gets them with --refit-familiarity DIR, the dataset it was trained on.
 
     Example:
 
@@ -41,14 +48,9 @@ def export(model: ExportModelArg = None, out: OutOpt = None) -> None:
         smokerdet export mymodel
         smokerdet export mymodel --out mymodel.onnx
         smokerdet predict --model mymodel.onnx photos/
+        smokerdet export mymodel --refit-familiarity photos/
     """
-    from smokerdet.models import export_onnx
+    from smokerdet.cli._output import render_export
+    from smokerdet.inference import export_model
 
-    result = export_onnx(model, out=out)
-    typer.echo(str(result.path))
-    note = "" if result.heatmaps else "; heatmaps need --backend torch"
-    typer.echo(
-        f"Exported {result.arch} ({result.size_bytes / 1e6:.1f} MB), "
-        f"max |dp| vs torch = {result.max_abs_diff:.1e}{note}",
-        err=True,
-    )
+    render_export(export_model(ExportConfig(model, out, refit_familiarity)))

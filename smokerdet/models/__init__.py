@@ -25,7 +25,7 @@ from smokerdet.models.checkpoint import (
     read_meta,
     save_model,
 )
-from smokerdet.models.export import ExportError, ExportResult, export_onnx
+from smokerdet.models.export import ExportConfig, ExportError, ExportResult, export_onnx
 from smokerdet.models.hub import (
     cached_file,
     hub_repo,
@@ -48,9 +48,13 @@ from smokerdet.models.registry import (
     set_default,
 )
 from smokerdet.models.rehearsal import REHEARSAL_FILE, Rehearsal, backbone_sha256
+from smokerdet.models.sidecars import FAMILIARITY_FILE, FAMILIARITY_FORMAT
 
 __all__ = [
     "DEFAULT_ARCH",
+    "FAMILIARITY_FILE",
+    "FAMILIARITY_FORMAT",
+    "ExportConfig",
     "ExportError",
     "ExportResult",
     "Info",

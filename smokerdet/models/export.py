@@ -4,7 +4,8 @@ The graph has two outputs: ``logit`` (one per image) and ``features``, the last 
 before pooling, from which :mod:`smokerdet.engine` computes class activation maps. The file
 carries the model's metadata in ONNX ``metadata_props`` (arch, data config, threshold, class
 names, TTA, smokerdet version, the SHA-256 of the weights it was made from, and the linear
-head used for heatmaps), so it is usable with nothing beside it.
+head used for heatmaps), and the folder's familiarity stats and rehearsal rows
+(:mod:`smokerdet.models.sidecars`), so it is the whole model with nothing beside it.
 
 Example:
     >>> from smokerdet.models.export import export_onnx
@@ -20,14 +21,15 @@ import io
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smokerdet.__about__ import __version__
 from smokerdet._io import atomic_write_bytes
 from smokerdet.errors import SmokerdetError
-from smokerdet.models.onnx_format import FORMAT, ONNX_FILE
+from smokerdet.models import sidecars
+from smokerdet.models.onnx_format import FORMAT, ONNX_FILE, with_props
 from smokerdet.models.registry import load_model
 
 if TYPE_CHECKING:
@@ -42,6 +44,20 @@ class ExportError(SmokerdetError):
     """A model could not be exported to ONNX, or the export disagrees with torch."""
 
 
+@dataclass
+class ExportConfig:
+    """Options of ``smokerdet export``."""
+
+    model: str | None = None
+    """Model name, folder, 'latest' or 'default' (default: the active model)."""
+    out: Path | None = None
+    """ONNX file to write (default: model.onnx in the model's folder)."""
+    refit_familiarity: Path | None = None
+    """First fit the model's familiarity stats on the photos of dataset DIR (its train split
+    described, its val split calibrating the cut; use the photos it was trained on) and write
+    them into its folder; the exported file carries them."""
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """What :func:`export_onnx` wrote.
@@ -53,6 +69,15 @@ class ExportResult:
         max_abs_diff: largest |p_onnx - p_torch| over the check batch (probabilities).
         size_bytes: size of the file.
         heatmaps: whether the file carries a linear head, so CAM heatmaps work without torch.
+        familiarity: whether it carries familiarity stats of its weights.
+        familiarity_photos: the training photos those stats describe (0: none).
+        rehearsal: whether it carries rehearsal rows for site adaptation.
+        carried_bytes: what the familiarity stats and rehearsal rows add to ``size_bytes``.
+        not_carried: why each file of the folder is not carried, by file name, as the rest of
+            a sentence about it (``is missing``, ``is not valid (...)``, ``belongs to other
+            weights (...)``).
+        refitted: whether the familiarity stats were fitted anew first
+            (``--refit-familiarity``).
     """
 
     path: Path
@@ -61,6 +86,16 @@ class ExportResult:
     max_abs_diff: float
     size_bytes: int
     heatmaps: bool
+    familiarity: bool = False
+    familiarity_photos: int = 0
+    rehearsal: bool = False
+    carried_bytes: int = 0
+    not_carried: dict[str, str] = field(default_factory=dict)
+    refitted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the path as a string)."""
+        return {**asdict(self), "path": str(self.path)}
 
 
 def _two_outputs(model: Any) -> Any:
@@ -142,17 +177,6 @@ def _to_onnx_bytes(wrapper: Any, size: int, name: str) -> bytes:
     return buf.getvalue()
 
 
-def _with_metadata(blob: bytes, props: dict[str, str]) -> bytes:
-    import onnx
-
-    proto = onnx.load_from_string(blob)
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    return proto.SerializeToString()
-
-
 def _check_against_torch(loaded: LoadedModel, blob: bytes) -> float:
     """Largest |p_onnx - p_torch| on a small seeded batch, TTA left out (same graph)."""
     import numpy as np
@@ -170,6 +194,13 @@ def _check_against_torch(loaded: LoadedModel, blob: bytes) -> float:
     return float(np.abs(p_onnx - p_torch).max())
 
 
+def _photos(header: dict[str, str]) -> int:
+    try:
+        return int(header.get("n_train", 0))
+    except ValueError:  # a header of the right weights, its count garbled: the stats say so
+        return 0
+
+
 def export_onnx(
     model: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
@@ -177,6 +208,10 @@ def export_onnx(
     tolerance: float = 1e-3,
 ) -> ExportResult:
     """Export a trained model to an fp32 ONNX file with its metadata, checked against torch.
+
+    The file also carries the familiarity stats and rehearsal rows of the model's folder that
+    belong to its weights (:mod:`smokerdet.models.sidecars`); the result says which, and why
+    any other is left out.
 
     Args:
         model: a model name, path, ``latest`` or ``default`` (as ``--model`` takes).
@@ -194,7 +229,8 @@ def export_onnx(
     head = cam_head(loaded.model)
     size = loaded.meta.data_config.input_size
     blob = _to_onnx_bytes(_two_outputs(loaded.model), size, loaded.meta.arch)
-    blob = _with_metadata(blob, metadata_for(loaded.meta, head))
+    found = sidecars.carried(loaded.path, loaded.meta)
+    blob = with_props(blob, {**metadata_for(loaded.meta, head), **found.props})
     diff = _check_against_torch(loaded, blob)
     if not diff <= tolerance:
         raise ExportError(
@@ -213,4 +249,9 @@ def export_onnx(
         max_abs_diff=diff,
         size_bytes=len(blob),
         heatmaps=head is not None,
+        familiarity=sidecars.FAMILIARITY_FILE in found.headers,
+        familiarity_photos=_photos(found.headers.get(sidecars.FAMILIARITY_FILE, {})),
+        rehearsal=sidecars.REHEARSAL_FILE in found.headers,
+        carried_bytes=sum(len(k) + len(v) for k, v in found.props.items()),
+        not_carried=found.problems,
     )

@@ -1,4 +1,8 @@
-"""The metadata an exported ``.onnx`` file carries, written by export and read by the ONNX backend."""
+"""The metadata an exported ``.onnx`` file carries, written by export and read by the ONNX backend.
+
+The values of ``metadata_props`` are strings: binary payloads (the CAM head, the familiarity
+stats and rehearsal rows of :mod:`smokerdet.models.sidecars`) are base64-encoded.
+"""
 
 from __future__ import annotations
 
@@ -58,3 +62,32 @@ def _cam_head(props: dict[str, str], path: Path) -> tuple[np.ndarray, float] | N
         return weight, float(head["bias"])
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: field 'cam_head' is not valid ({e})") from None
+
+
+def read_props(blob: bytes) -> dict[str, str]:
+    """The ``metadata_props`` of a serialised ONNX model (onnx, not onnxruntime: no session).
+
+    Raises:
+        ValueError: ``blob`` is not an ONNX model.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load_from_string(blob)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"not an ONNX model ({type(e).__name__})") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def with_props(blob: bytes, props: dict[str, str]) -> bytes:
+    """A serialised ONNX model with its ``metadata_props`` replaced by ``props``; the graph and
+    its weights are copied unchanged."""
+    import onnx
+
+    proto = onnx.load_from_string(blob)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()

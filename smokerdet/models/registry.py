@@ -35,6 +35,7 @@ from smokerdet.models.checkpoint import (
     matching_weights,
     read_meta,
 )
+from smokerdet.models.sidecars import familiarity_in
 from smokerdet.paths import default_choice_file, default_model_dir, models_dir
 
 
@@ -205,6 +206,8 @@ class ModelInfo:
         is_default: True for the model that answers when no ``--model`` is given.
         is_shipped: True for the model shipped inside the package.
         problem: why ``model.json`` could not be read, None when it could.
+        familiarity: True when it has familiarity stats of its weights (in its folder or its
+            ONNX file), so its predictions say how familiar each photo looks.
     """
 
     name: str
@@ -216,6 +219,7 @@ class ModelInfo:
     is_default: bool = False
     is_shipped: bool = False
     problem: str | None = None
+    familiarity: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -236,6 +240,7 @@ def _info(
         is_default=name == default,
         is_shipped=name == SHIPPED_NAME and folder == default_model_dir(),
         problem=problem,
+        familiarity=meta is not None and familiarity_in(folder, meta),
     )
 
 

@@ -1,12 +1,19 @@
-"""Running a model: the engine (TTA, sigmoid, CAM once), its ONNX and torch backends, batch scoring, familiarity, heatmaps.
+"""Running a model: the engine (TTA, sigmoid, pooling, CAM once) over its ONNX and torch
+backends, the one batch scorer, the one prediction row, familiarity, heatmaps.
 
 Other packages import this one through this module; its modules are listed in
 docs/architecture.md.
 """
 
 from smokerdet.inference.backend import open_engine
-from smokerdet.inference.batch import score_paths
-from smokerdet.inference.engine import Engine
+from smokerdet.inference.batch import (
+    Decoded,
+    Scored,
+    decode_upload,
+    score_decoded,
+    score_paths,
+)
+from smokerdet.inference.engine import Engine, Outputs
 from smokerdet.inference.familiarity import (
     WARN_SHARE,
     Familiarity,
@@ -14,16 +21,25 @@ from smokerdet.inference.familiarity import (
     load_for,
     pooled_features,
 )
+from smokerdet.inference.rows import FIELDS, Prediction, columns
 from smokerdet.inference.torch_backend import forward_probs
 
 __all__ = [
+    "FIELDS",
+    "Decoded",
     "Engine",
     "Familiarity",
+    "Outputs",
+    "Prediction",
+    "Scored",
     "WARN_SHARE",
+    "columns",
+    "decode_upload",
     "fit_for_model",
     "forward_probs",
     "load_for",
     "open_engine",
     "pooled_features",
+    "score_decoded",
     "score_paths",
 ]

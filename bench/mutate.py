@@ -43,8 +43,11 @@ COPIED = ("smokerdet", "tests", "examples", "pyproject.toml")
 
 # Where the code under each mutation lives: one place to update when a module moves.
 METRICS = "smokerdet/metrics.py"  # metrics._f1, binary_metrics, roc_auc
-IMAGE_LOADER = "smokerdet/images.py"  # images.load_image
-PREDICT = "smokerdet/predict.py"  # predict._generate
+IMAGE_LOADER = "smokerdet/data/images.py"  # images.load_photo
+PREDICT = "smokerdet/scoring/predict.py"  # predict._generate
+ENGINE = "smokerdet/inference/engine.py"  # Engine.run
+SERVE = "smokerdet/serving/app.py"  # _build_app, Scorer.run
+SERVE_ROW = "tests/test_serve.py::test_the_api_row_is_the_predict_json_row"
 ARCHIVES = "smokerdet/archives.py"  # archives._check_member
 HTTP = "smokerdet/fetch.py"  # fetch._fetch_once
 CHECKPOINT = "smokerdet/checkpoint.py"  # atomic_write_bytes, save_model
@@ -136,18 +139,45 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="predict-drops-unreadable-row",
         file=PREDICT,
-        old="yield Prediction(path, None, None, cut, engine.name, scored.error, None, asked)",
-        new="continue",
+        old="        yield p\n    warn_unfamiliar(*counts)",
+        new="        if p.error is None:\n            yield p\n    warn_unfamiliar(*counts)",
         tests=("tests/test_hostile.py::test_predict_survives_the_corpus_and_escapes_names",),
         proves="every unreadable file becomes one error row: one output line per input path",
     ),
     Mutation(
         id="predict-drops-missing-path-row",
         file=PREDICT,
-        old="yield Prediction(path, None, None, cut, engine.name, error, None, asked)\n            continue",
+        old="yield Prediction(path, None, None, error=error, **row)\n            continue",
         new="continue",
         tests=("tests/test_predict.py::test_missing_path_and_corrupt_file_in_a_batch_exit_3",),
         proves="a path that does not exist becomes an error row, not a silent gap",
+    ),
+    Mutation(
+        id="draft-size-reported",
+        file=IMAGE_LOADER,
+        old="return Photo(rgb, width, height)",
+        new="return Photo(rgb, *rgb.size)",
+        tests=(
+            "tests/test_data.py::test_a_photo_keeps_its_own_upright_size_when_decoded_at_reduced_scale",
+            SERVE_ROW,
+        ),
+        proves="a row's width and height are the photo's own, not the size of a JPEG draft",
+    ),
+    Mutation(
+        id="tta-mirror-not-flipped-back",
+        file=ENGINE,
+        old="a[n:, ..., ::-1]",
+        new="a[n:]",
+        tests=("tests/test_engine.py::test_flip_tta_averages_the_photo_and_its_mirror_once",),
+        proves="flip TTA averages each map with its mirror's flipped back, on every backend",
+    ),
+    Mutation(
+        id="api-row-without-familiarity",
+        file=SERVE,
+        old="scorer = Scorer(engine, config, load_for(engine))",
+        new="scorer = Scorer(engine, config)",
+        tests=(SERVE_ROW,),
+        proves="serve answers each photo with the row of predict --json, familiarity included",
     ),
     Mutation(
         id="archive-accepts-dotdot",

@@ -147,8 +147,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="predict-drops-missing-path-row",
         file=PREDICT,
-        old="yield Prediction(path, None, None, error=error, **row)\n            continue",
-        new="continue",
+        old="        if error is not None:\n            yield Prediction(",
+        new="        if error is not None:\n            continue\n            yield Prediction(",
         tests=("tests/test_predict.py::test_missing_path_and_corrupt_file_in_a_batch_exit_3",),
         proves="a path that does not exist becomes an error row, not a silent gap",
     ),

@@ -290,6 +290,22 @@ def test_worker_processes_give_the_same_rows_in_order(tmp_path: Path):
     assert len(here) > 30 and here == pool
 
 
+def test_decoding_in_threads_for_a_gpu_gives_the_same_rows_in_order(tmp_path: Path):
+    # The GPU layout (threads decode ahead, the model runs here), driven on the CPU.
+    from smokerdet.inference.batch import _score_decoding_in_threads, _Task
+
+    build_corpus(tmp_path / "nasty")
+    paths = sorted(EXAMPLES.glob("*.jpg")) + sorted((tmp_path / "nasty").iterdir())
+    engine = open_engine("default", backend="onnx")
+    here = list(score_paths(engine, paths, batch_size=3, workers=0))
+    threads = list(_score_decoding_in_threads(engine, paths, _Task(3), 2))
+    assert [s.path for s in threads] == [str(p) for p in paths] == [s.path for s in here]
+    assert [s.index for s in threads] == list(range(len(paths)))
+    assert [(s.error, s.sha256) for s in threads] == [(s.error, s.sha256) for s in here]
+    for a, b in zip(here, threads, strict=True):
+        assert a.probability == b.probability or abs(a.probability - b.probability) <= 1e-6
+
+
 def test_evaluate_gives_the_same_metrics_on_both_backends():
     on_onnx = smokerdet.evaluate(data=EXAMPLES, split="all", model="default", backend="onnx")
     on_torch = smokerdet.evaluate(

@@ -21,10 +21,10 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from smokerdet.data import MAX_IMAGE_PIXELS, load_photo, preprocess
 from smokerdet.errors import ImageLoadError
@@ -182,27 +182,29 @@ def score_decoded(
     """
     import numpy as np
 
-    good = [k for k, d in enumerate(items) if d.error is None]
-    scored: dict[int, dict[str, Any]] = {}
-    if good:
-        out = engine.run(np.stack([items[k].x for k in good]), maps=heatmap is not None)
-        fams = familiarity.score(out.pooled).tolist() if familiarity is not None else None
-        for j, k in enumerate(good):
-            row: dict[str, Any] = {"probability": out.probabilities[j]}
-            if fams is not None:
-                row["familiarity"] = fams[j]
-            if features:
-                row["features"] = out.pooled[j]
-            if heatmap is not None and out.maps is not None:
-                im = items[k].image
-                assert im is not None, "decode with keep=True to draw heatmaps"
-                row["heatmap"] = heatmap(items[k].name, im, engine.heatmap(out.maps[j], im.size))
-            scored[k] = row
-    rows = []
+    xs = [d.x for d in items if d.x is not None]
+    out = engine.run(np.stack(xs), maps=heatmap is not None) if xs else None
+    fams = None if out is None or familiarity is None else familiarity.score(out.pooled)
+    rows: list[Scored] = []
+    j = 0  # the row of `out` that holds the next decoded photo
     for k, d in enumerate(items):
-        extra = scored.get(k, {"probability": None})
-        sizes = {"width": d.width, "height": d.height, "sha256": d.sha256}
-        rows.append(Scored(start + k, d.name, error=d.error, **sizes, **extra))
+        row = Scored(
+            start + k, d.name, None, d.error, width=d.width, height=d.height, sha256=d.sha256
+        )
+        if d.x is not None and out is not None:
+            heat = None
+            if heatmap is not None and out.maps is not None:
+                assert d.image is not None, "decode with keep=True to draw heatmaps"
+                heat = heatmap(d.name, d.image, engine.heatmap(out.maps[j], d.image.size))
+            row = replace(
+                row,
+                probability=out.probabilities[j],
+                heatmap=heat,
+                familiarity=None if fams is None else float(fams[j]),
+                features=out.pooled[j] if features else None,
+            )
+            j += 1
+        rows.append(row)
     return rows
 
 

@@ -238,13 +238,23 @@ def _generate(
         familiarity=stats,
     )
     asked = heat_dir is not None
-    row = {"threshold": cut, "model": engine.name, "heatmaps_asked": asked}
     counts = [0, 0]  # photos with a familiarity score, and how many of them are unfamiliar
     for path, error in expanded.items:
         if error is not None:
-            yield Prediction(path, None, None, error=error, **row)
+            yield Prediction(
+                path,
+                None,
+                None,
+                threshold=cut,
+                model=engine.name,
+                error=error,
+                heatmaps_asked=asked,
+            )
             continue
-        p = Prediction.of(next(scores), path=path, names=names, **row)
+        p = Prediction.of(
+            next(scores), path=path, threshold=cut, model=engine.name, names=names,
+            heatmaps_asked=asked,
+        )  # fmt: skip
         if p.familiar is not None:
             counts[0] += 1
             counts[1] += not p.familiar

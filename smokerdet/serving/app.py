@@ -199,8 +199,17 @@ class Scorer:
         items = [decode_upload(up.name, up.data, cfg, heatmap, limit) for up in uploads]
         sink = heatmap_url if heatmap else None
         scored = score_decoded(self.engine, items, heatmap=sink, familiarity=self.familiarity)
-        row = {"threshold": threshold, "model": self.engine.name, "heatmaps_asked": heatmap}
-        return [Prediction.of(s, path=s.path, names=self.names, **row) for s in scored]
+        return [
+            Prediction.of(
+                s,
+                path=s.path,
+                threshold=threshold,
+                model=self.engine.name,
+                names=self.names,
+                heatmaps_asked=heatmap,
+            )  # fmt: skip
+            for s in scored
+        ]
 
 
 class Collector:

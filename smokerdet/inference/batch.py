@@ -7,10 +7,12 @@ whatever the backend. So the same photo gets the same probability from ``predict
 and ``serve``, and the familiarity stats are fitted on the features scoring sees.
 
 :func:`score_paths` spreads files over worker processes on a CPU: each decodes and scores its
-own chunks with a single-threaded engine, onnxruntime or torch. A small convolutional network
-scales poorly across threads within one forward pass but well across processes
-(bench/engine.py: twice the rate of one two-thread session on two cores; bench/predict.py:
-torch likewise). On a GPU, threads decode and the model runs in this process.
+own chunks with a single-threaded engine, onnxruntime or torch (forked with the model in
+memory). A small convolutional network scales poorly across threads within one forward pass but
+well across processes (bench/engine.py: two one-thread ONNX sessions score twice as many
+photos per second as one two-thread session on two cores; bench/predict.py: two one-thread
+torch processes ~1.5x one process with two threads). On a GPU, threads decode ahead and the
+model runs in this process.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ COPIED = ("smokerdet", "tests", "examples", "scripts", "pyproject.toml")
 
 # Where the code under each mutation lives: one place to update when a module moves.
 METRICS = "smokerdet/metrics.py"  # metrics._f1, binary_metrics, roc_auc
-IMAGE_LOADER = "smokerdet/data/images.py"  # images.load_image
+IMAGE_LOADER = "smokerdet/data/images.py"  # images.load_photo
 PREDICT = "smokerdet/scoring/predict.py"  # predict._generate
 ARCHIVES = "smokerdet/download/archives.py"  # archives._check_member
 HTTP = "smokerdet/download/fetch.py"  # fetch._fetch_once
@@ -52,6 +52,9 @@ CHECKPOINT = "smokerdet/models/checkpoint.py"  # save_model
 RESUME_FORMAT = "smokerdet/training/resume.py"  # write_resume_files
 LOOP = "smokerdet/training/loop.py"  # run_epoch, restore_progress, restore_phase
 ADAPT = "smokerdet/training/recipes/head.py"  # fit_head, adapt_head
+ENGINE = "smokerdet/inference/engine.py"  # Engine.run
+SERVE = "smokerdet/serving/app.py"  # _build_app, Scorer.run
+SERVE_ROW = "tests/test_serve.py::test_the_api_row_is_the_predict_json_row"
 ADAPT_TESTS = "tests/test_adapt.py"
 FAMILIARITY = "smokerdet/inference/familiarity.py"  # fit, load_for, _checked, _sources
 EXPORT = "smokerdet/models/export.py"  # export_onnx
@@ -141,18 +144,45 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="predict-drops-unreadable-row",
         file=PREDICT,
-        old="yield Prediction(path, None, None, cut, engine.name, scored.error, None, asked)",
-        new="continue",
+        old="        yield p\n    warn_unfamiliar(*counts)",
+        new="        if p.error is None:\n            yield p\n    warn_unfamiliar(*counts)",
         tests=("tests/test_hostile.py::test_predict_survives_the_corpus_and_escapes_names",),
         proves="every unreadable file becomes one error row: one output line per input path",
     ),
     Mutation(
         id="predict-drops-missing-path-row",
         file=PREDICT,
-        old="yield Prediction(path, None, None, cut, engine.name, error, None, asked)\n            continue",
-        new="continue",
+        old="        if error is not None:\n            yield Prediction(",
+        new="        if error is not None:\n            continue\n            yield Prediction(",
         tests=("tests/test_predict.py::test_missing_path_and_corrupt_file_in_a_batch_exit_3",),
         proves="a path that does not exist becomes an error row, not a silent gap",
+    ),
+    Mutation(
+        id="draft-size-reported",
+        file=IMAGE_LOADER,
+        old="return Photo(rgb, width, height)",
+        new="return Photo(rgb, *rgb.size)",
+        tests=(
+            "tests/test_data.py::test_a_photo_keeps_its_own_upright_size_when_decoded_at_reduced_scale",
+            SERVE_ROW,
+        ),
+        proves="a row's width and height are the photo's own, not the size of a JPEG draft",
+    ),
+    Mutation(
+        id="tta-mirror-not-flipped-back",
+        file=ENGINE,
+        old="a[n:, ..., ::-1]",
+        new="a[n:]",
+        tests=("tests/test_engine.py::test_flip_tta_averages_the_photo_and_its_mirror_once",),
+        proves="flip TTA averages each map with its mirror's flipped back, on every backend",
+    ),
+    Mutation(
+        id="api-row-without-familiarity",
+        file=SERVE,
+        old="scorer = Scorer(engine, config, load_for(engine))",
+        new="scorer = Scorer(engine, config)",
+        tests=(SERVE_ROW,),
+        proves="serve answers each photo with the row of predict --json, familiarity included",
     ),
     Mutation(
         id="archive-accepts-dotdot",

@@ -11,14 +11,13 @@ Example:
 from smokerdet.__about__ import __version__
 from smokerdet.data import DataConfig, DatasetSplits, find_dataset, load_image
 from smokerdet.errors import SmokerdetError
-from smokerdet.inference import Engine, open_engine
+from smokerdet.inference import Engine, Prediction, open_engine
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.models import ExportResult, LoadedModel, ModelMeta, export_onnx, load_model
 from smokerdet.scoring import (
     EvalConfig,
     EvalReport,
     PredictConfig,
-    Prediction,
     evaluate,
     expand_inputs,
     predict,

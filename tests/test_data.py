@@ -12,8 +12,8 @@ from conftest import (
 )
 from PIL import Image
 
-from smokerdet.data.augment import eval_transform, train_transform
-from smokerdet.data.images import MAX_IMAGE_PIXELS, DataConfig, load_image
+from smokerdet.data.augment import train_transform
+from smokerdet.data.images import MAX_IMAGE_PIXELS, DataConfig, load_image, load_photo, preprocess
 from smokerdet.data.layout import find_dataset, label_from_name
 from smokerdet.errors import DatasetLayoutError, ImageLoadError
 
@@ -150,6 +150,18 @@ def test_exif_orientation_is_applied(tmp_path):
     assert load_image(path).size == (20, 40)
 
 
+def test_a_photo_keeps_its_own_upright_size_when_decoded_at_reduced_scale(tmp_path):
+    im = synthetic_image(1, 2, size=640).crop((0, 0, 640, 480))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    path = _save(im, tmp_path / "rot.jpg", exif=exif.tobytes())
+    photo = load_photo(path, draft_size=100)
+    assert photo.image.size == (120, 160)  # decoded at 1/4 scale, then turned upright
+    assert (photo.width, photo.height) == (480, 640)
+    flat = load_photo(_save(im, tmp_path / "flat.jpg").read_bytes(), draft_size=100)
+    assert flat.image.size == (160, 120) and (flat.width, flat.height) == (640, 480)
+
+
 @pytest.mark.parametrize(
     "content, reason",
     [
@@ -192,7 +204,7 @@ def test_pixel_limit_rejects_before_decoding(tmp_path):
 def test_transforms_use_the_config_and_keep_aspect_ratio():
     cfg = DataConfig(input_size=24, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     wide = Image.new("RGB", (60, 20), (255, 255, 255))
-    x = eval_transform(cfg)(wide)
+    x = preprocess(wide, cfg)
     assert tuple(x.shape) == (3, 24, 24)
     # letterbox: the padded rows are the mean colour, which normalises to ~0
     assert abs(float(x[:, 0, :].mean())) < 0.05

@@ -22,6 +22,7 @@ from smokerdet.data.images import DataConfig, load_image, preprocess
 from smokerdet.data.images import load_image as data_load_image
 from smokerdet.errors import CheckpointError, ConfigError, ImageLoadError
 from smokerdet.inference.backend import open_engine
+from smokerdet.inference.batch import score_paths
 from smokerdet.inference.engine import normalise_cam
 from smokerdet.models.export import export_onnx
 from smokerdet.paths import default_model_dir
@@ -166,6 +167,41 @@ def test_cam_in_numpy_equals_grad_cam_in_torch():
     assert onnx_engine.score_with_heatmaps([images[-1]])[0][1].shape == (120, 300)
 
 
+def test_torch_and_onnx_score_through_the_one_preprocessor():
+    paths = sorted(EXAMPLES.glob("*.jpg"))[:5]
+    onnx_engine = open_engine("default", backend="onnx")
+    torch_engine = open_engine("default", backend="torch", device="cpu")
+    cfg = onnx_engine.meta.data_config
+    batch = np.stack([preprocess(load_image(p, draft_size=cfg.input_size), cfg) for p in paths])
+    on_onnx, on_torch = onnx_engine.run(batch), torch_engine.run(batch)
+    assert np.abs(np.subtract(on_onnx.probabilities, on_torch.probabilities)).max() <= 1e-3
+    assert np.abs(on_onnx.pooled - on_torch.pooled).max() <= 1e-3 * np.abs(on_onnx.pooled).max()
+    for engine, out in ((onnx_engine, on_onnx), (torch_engine, on_torch)):
+        rows = list(score_paths(engine, paths, workers=0))
+        assert [r.probability for r in rows] == pytest.approx(out.probabilities, abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_flip_tta_averages_the_photo_and_its_mirror_once(backend: str):
+    engine = open_engine("default", backend=backend, device="cpu")
+    assert engine.meta.tta == "hflip"
+    images = [load_image(p, draft_size=256) for p in sorted(EXAMPLES.glob("*.jpg"))[:3]]
+    x = engine._stack(images)
+    mirror = np.ascontiguousarray(x[..., ::-1])
+    out = engine.run(x, maps=True)
+    (logit, feats, maps), (logit_m, feats_m, maps_m) = (
+        engine.forward_maps(x),
+        engine.forward_maps(mirror),
+    )
+    expected = 1 / (1 + np.exp(-(logit.astype(np.float64) + logit_m) / 2))
+    assert out.probabilities == pytest.approx(expected.tolist(), abs=1e-6)
+    pooled = (feats.mean(axis=(2, 3)) + feats_m.mean(axis=(2, 3))) / 2
+    assert np.abs(out.pooled - pooled).max() <= 1e-5
+    # the mirror's map is flipped back before averaging: heat stays where the photo's is
+    assert np.abs(out.maps - (maps + maps_m[..., ::-1]) / 2).max() <= 1e-4 * np.abs(maps).max()
+    assert engine.score_arrays(x) == out.probabilities
+
+
 def test_predict_writes_heatmaps_named_in_the_rows(tmp_path: Path):
     out = tmp_path / "heat"
     out.mkdir()
@@ -252,6 +288,22 @@ def test_worker_processes_give_the_same_rows_in_order(tmp_path: Path):
     here = [p.to_dict() for p in smokerdet.predict(paths, backend="onnx", workers=0)]
     pool = [p.to_dict() for p in smokerdet.predict(paths, backend="onnx", workers=2)]
     assert len(here) > 30 and here == pool
+
+
+def test_decoding_in_threads_for_a_gpu_gives_the_same_rows_in_order(tmp_path: Path):
+    # The GPU layout (threads decode ahead, the model runs here), driven on the CPU.
+    from smokerdet.inference.batch import _score_decoding_in_threads, _Task
+
+    build_corpus(tmp_path / "nasty")
+    paths = sorted(EXAMPLES.glob("*.jpg")) + sorted((tmp_path / "nasty").iterdir())
+    engine = open_engine("default", backend="onnx")
+    here = list(score_paths(engine, paths, batch_size=3, workers=0))
+    threads = list(_score_decoding_in_threads(engine, paths, _Task(3), 2))
+    assert [s.path for s in threads] == [str(p) for p in paths] == [s.path for s in here]
+    assert [s.index for s in threads] == list(range(len(paths)))
+    assert [(s.error, s.sha256) for s in threads] == [(s.error, s.sha256) for s in here]
+    for a, b in zip(here, threads, strict=True):
+        assert a.probability == b.probability or abs(a.probability - b.probability) <= 1e-6
 
 
 def test_evaluate_gives_the_same_metrics_on_both_backends():

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import EXAMPLES  # noqa: E402
+from conftest import EXAMPLES, synthetic_image  # noqa: E402
 from test_serve import Server  # noqa: E402
+
+from smokerdet.inference import FIELDS  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 REQUIRE_ENV = "SMOKERDET_REQUIRE_BROWSER"
@@ -123,8 +125,10 @@ def review_session(page: Any, url: str, tmp: Path, screenshot: Path) -> dict[str
     saved = tmp / "review.csv"
     download.value.save_as(saved)
     rows = list(csv.DictReader(io.StringIO(saved.read_text())))
-    assert {r["name"]: r["label"].replace("_", " ") for r in rows} == found
+    assert list(rows[0]) == [*FIELDS, "reviewed"]  # the API's row, then the review
+    assert {r["path"]: r["label"].replace("_", " ") for r in rows} == found
     assert all(0 <= float(r["probability"]) <= 1 for r in rows)
+    assert {(r["width"], r["height"], r["familiar"]) for r in rows} == {("250", "250", "true")}
 
     # Review one card: correct the label of the least confident one.
     last = cards.nth(11)
@@ -167,6 +171,16 @@ def test_review_page_in_chromium(browser, tmp_path):
         (saved,) = list((collected / "smoking").iterdir())
         assert saved.suffix == ".jpg" and len(saved.stem) == 64
         assert list((collected / "not_smoking").iterdir()) == []
+
+        # A photo unlike the model's training photos says so on its card, and only it.
+        odd = tmp_path / "odd.jpg"
+        synthetic_image(1, 3, size=96).save(odd)
+        drop_photos(page, [odd])
+        wait_text(page, "summary", "13 of 13 labelled", timeout=60_000)
+        badges = page.locator("[data-testid=familiar]:visible")
+        assert badges.count() == 1 and badges.inner_text() == "unfamiliar"
+        card = page.locator("[data-testid=card]", has=badges)
+        assert card.locator("[data-testid=name]").inner_text() == "odd.jpg"
 
         # Picking files works too, and the page is readable at phone width: no sideways scroll.
         phone = browser.new_page(viewport={"width": 375, "height": 740})

@@ -1,6 +1,7 @@
 """smokerdet predict: every input kind, every output format, the exit codes."""
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -8,11 +9,19 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, synthetic_image
+from PIL import Image
 
 import smokerdet
 from smokerdet.cli import app
+from smokerdet.inference.rows import FIELDS, columns
 from smokerdet.scoring.evaluate import evaluate
 from smokerdet.scoring.predict import expand_inputs
+
+#: The row of predict --json and --csv, in order: scripts and the README rely on it.
+ROW_FIELDS = [
+    *("path", "label", "probability", "threshold", "model", "error"),
+    *("familiar", "familiarity", "width", "height", "sha256"),
+]
 
 
 def jsonl(text: str) -> list[dict]:
@@ -37,10 +46,7 @@ def test_directory_is_walked_recursively_by_extension(runner, model_copy, photos
     assert len(rows) == 6
     assert {Path(row["path"]).suffix for row in rows} == {".jpg", ".PNG"}
     for row in rows:
-        assert set(row) == {
-            *("path", "label", "probability", "threshold", "model", "error"),
-            *("familiar", "familiarity"),
-        }
+        assert list(row) == ROW_FIELDS
         assert row["label"] in ("smoking", "not_smoking") and row["error"] is None
         assert 0.0 <= row["probability"] <= 1.0 and row["model"] == "tiny"
     r = runner.invoke(app, ["predict", str(photos), "--json", "--no-recursive", "-m", "tiny"])
@@ -112,10 +118,34 @@ def test_csv_output_round_trips(runner, model_copy, photos, tmp_path):
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 6
-    assert list(rows[0]) == [
-        *("path", "label", "probability", "threshold", "model", "error"),
-        *("familiar", "familiarity"),
-    ]
+    assert list(rows[0]) == ROW_FIELDS
+
+
+def test_json_keys_and_csv_header_are_the_one_row_s(runner, model_copy, photos, tmp_path):
+    assert list(FIELDS) == ROW_FIELDS and list(columns(heatmaps=True)) == [*ROW_FIELDS, "heatmap"]
+    heat, out = tmp_path / "heat", tmp_path / "out.csv"
+    heat.mkdir()
+    args = ["predict", str(photos / "smoking_0.jpg"), "-m", "tiny", "--heatmaps", str(heat)]
+    r = runner.invoke(app, [*args, "--json", "--csv", str(out)])
+    assert r.exit_code == 0, r.output
+    (row,) = jsonl(r.stdout)
+    assert list(row) == [*ROW_FIELDS, "heatmap"] and Path(row["heatmap"]).parent == heat
+    (cells,) = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(cells) == [*ROW_FIELDS, "heatmap"] and cells["heatmap"] == row["heatmap"]
+
+
+def test_rows_carry_the_photo_s_own_size_and_hash(model_copy, tmp_path):
+    big = tmp_path / "big.jpg"  # the tiny model's 32 px input: decoded at 80x80 by the draft
+    synthetic_image(1, 4, size=640).save(big, quality=95)
+    rotated = tmp_path / "rotated.jpg"  # stored 640x480, shown upright as 480x640
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    synthetic_image(0, 5, size=640).crop((0, 0, 640, 480)).save(rotated, exif=exif.tobytes())
+    gone = tmp_path / "gone.jpg"
+    rows = list(smokerdet.predict([big, rotated, gone], model="tiny"))
+    assert [(r.width, r.height) for r in rows] == [(640, 640), (480, 640), (None, None)]
+    assert rows[0].sha256 == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert rows[2].sha256 is None and rows[2].error
 
 
 def test_only_filters_rows(runner, model_copy, photos):

@@ -132,6 +132,42 @@ def test_labels_and_probabilities_equal_predict_on_the_examples(default_server):
     assert len(rows) == 12
 
 
+def photo_row_cases(tmp: Path) -> list[Path]:
+    """A shipped example, a 640x640 JPEG (decoded at 320x320 by the JPEG draft) and a
+    synthetic photo unlike anything the model was trained on."""
+    big = tmp / "big.jpg"
+    Image.open(EXAMPLES / "smoking_0002.jpg").resize((640, 640)).save(big, quality=92)
+    odd = tmp / "odd.jpg"
+    synthetic_image(1, 3, size=96).save(odd)
+    return [EXAMPLES / "smoking_0001.jpg", big, odd]
+
+
+def test_the_api_row_is_the_predict_json_row(default_server, runner, tmp_path):
+    from smokerdet.cli import app
+    from smokerdet.inference import FIELDS
+
+    rows = []
+    for photo in photo_row_cases(tmp_path):
+        r = runner.invoke(app, ["predict", str(photo), "--json", "--model", "default"])
+        assert r.exit_code == 0, r.output
+        cli_row = json.loads(r.stdout)
+        with default_server.client() as c:
+            answer = c.post("/v1/predict", files=[("files", (photo.name, photo.read_bytes()))])
+        assert answer.status_code == 200, answer.text
+        (api_row,) = answer.json()["results"]
+        assert list(api_row) == list(cli_row) == list(FIELDS), photo.name
+        assert (api_row["path"], cli_row["path"]) == (photo.name, str(photo))
+        for key in FIELDS[1:]:
+            if isinstance(cli_row[key], float):
+                assert api_row[key] == pytest.approx(cli_row[key], abs=1e-6), (photo.name, key)
+            else:
+                assert api_row[key] == cli_row[key], (photo.name, key)
+        assert (api_row["width"], api_row["height"]) == Image.open(photo).size, photo.name
+        rows.append(api_row)
+    assert [(r["width"], r["height"]) for r in rows[:2]] == [(250, 250), (640, 640)]
+    assert [r["familiar"] for r in rows] == [True, True, False]  # the shipped model has stats
+
+
 def test_raw_body_heatmap_is_a_png_of_the_photo_size(default_server):
     photo = EXAMPLES / "smoking_0001.jpg"
     with default_server.client() as c:

@@ -10,23 +10,25 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from smokerdet.errors import Interrupted, SmokerdetError
+from smokerdet.inference.rows import columns
 from smokerdet.metrics import BinaryMetrics
 
 if TYPE_CHECKING:
     from smokerdet.download import DownloadReport
+    from smokerdet.inference import Prediction
     from smokerdet.models import ExportResult, Info, ModelInfo
-    from smokerdet.scoring import EvalReport, Prediction
+    from smokerdet.scoring import EvalReport
     from smokerdet.training import CVResult, EpochStats, TrainResult
 
 
@@ -138,30 +140,6 @@ def print_metrics(m: BinaryMetrics, title: str) -> None:
     console.print(confusion_table(m))
     for note in m.notes:
         err().print(f"Note: {escape(note)}")
-
-
-PREDICTION_FIELDS = (
-    "path",
-    "label",
-    "probability",
-    "threshold",
-    "model",
-    "error",
-    "familiar",
-    "familiarity",
-)
-
-
-def jsonl_line(row: dict[str, Any]) -> str:
-    """One JSON Lines record; ``ensure_ascii`` keeps odd file names on a single line."""
-    return json.dumps(row, ensure_ascii=True)
-
-
-def csv_writer(f: IO[str], fields: Sequence[str] = PREDICTION_FIELDS) -> Any:
-    """A CSV writer with the header of ``fields`` already written."""
-    w = csv.writer(f)
-    w.writerow(fields)
-    return w
 
 
 def render_info(info: Info) -> None:
@@ -489,9 +467,12 @@ def render_predictions(
     csv_path: Path | None,
     only: str | None,
     started: float,
-    fields: Sequence[str] = PREDICTION_FIELDS,
+    heatmaps: bool = False,
 ) -> PredictSummary:
     """Stream each prediction as it finishes: a table row, a JSON line and/or a CSV row.
+
+    JSON and CSV carry the row's fields (:func:`smokerdet.inference.rows.columns`), with a
+    ``heatmap`` column when ``heatmaps``.
 
     ``--only`` keeps the rows with that label and every error row (one row per failed input
     stays in JSON and CSV). On Ctrl-C the rows already written stay, the summary says how
@@ -510,21 +491,22 @@ def render_predictions(
                 if to_stdout_csv
                 else stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8"))
             )
-            writer = csv_writer(f, fields)
+            writer = csv.writer(f)
+            writer.writerow(columns(heatmaps))
         table = None if json_lines or to_stdout_csv else RowTable(paths)
         if table is not None:
             table.header()
         advance = _progress(summary.total, stack)
         try:
             for row in rows:
-                emit_row(row, summary, writer, table, json_lines, only, fields)
+                emit_row(row, summary, writer, table, json_lines, only, heatmaps)
                 advance()
         except KeyboardInterrupt:
             interrupted = True
         finally:
             close = getattr(rows, "close", None)
             if close is not None:
-                close()  # stops the DataLoader's workers now, not at garbage collection
+                close()  # stops the worker processes now, not at garbage collection
     summary.seconds = time.perf_counter() - started
     _print_summary(summary)
     if interrupted:
@@ -539,7 +521,7 @@ def emit_row(
     table: RowTable | None,
     json_lines: bool,
     only: str | None,
-    fields: Sequence[str] = PREDICTION_FIELDS,
+    heatmaps: bool = False,
 ) -> None:
     """Write one prediction everywhere it goes, and count it.
 
@@ -549,11 +531,10 @@ def emit_row(
     _count(summary, row, warn=not json_lines)
     if only is not None and row.error is None and row.label != only:
         return
-    d = row.to_dict()
     if writer is not None:
-        writer.writerow([d.get(k) for k in fields])
+        writer.writerow(row.csv_cells(heatmaps))
     if json_lines:
-        sys.stdout.write(jsonl_line(d) + "\n")
+        sys.stdout.write(row.json_line())
         sys.stdout.flush()
     if table is not None:
         table.row(row)

@@ -138,7 +138,7 @@ def predict(
     """
     import time
 
-    from smokerdet.cli._output import PREDICTION_FIELDS, render_predictions
+    from smokerdet.cli._output import render_predictions
     from smokerdet.distributed import world_from_env
     from smokerdet.errors import ConfigError
     from smokerdet.scoring import predict as run_predict
@@ -178,7 +178,7 @@ def predict(
         csv_path=csv_path,
         only=only.value if only else None,
         started=started,
-        fields=(*PREDICTION_FIELDS, "heatmap") if heatmaps is not None else PREDICTION_FIELDS,
+        heatmaps=heatmaps is not None,
     )
     if summary.labelled == 0:
         raise typer.Exit(1)

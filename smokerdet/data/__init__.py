@@ -5,12 +5,14 @@ docs/architecture.md.
 """
 
 from smokerdet.data.augment import eval_transform, train_transform
-from smokerdet.data.datasets import DecodedDataset, ImageFileDataset, collate_scored, decode_all
+from smokerdet.data.datasets import DecodedDataset, ImageFileDataset, decode_all
 from smokerdet.data.images import (
     MAX_IMAGE_PIXELS,
     DataConfig,
+    Photo,
     ResizeMode,
     load_image,
+    load_photo,
     preprocess,
     view_of,
 )
@@ -33,10 +35,10 @@ __all__ = [
     "DecodedDataset",
     "ImageFileDataset",
     "MAX_IMAGE_PIXELS",
+    "Photo",
     "ResizeMode",
     "SPLITS",
     "Sample",
-    "collate_scored",
     "decode_all",
     "eval_transform",
     "find_dataset",
@@ -44,6 +46,7 @@ __all__ = [
     "is_image_file",
     "label_from_name",
     "load_image",
+    "load_photo",
     "preprocess",
     "resolve_data_root",
     "train_transform",

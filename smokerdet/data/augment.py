@@ -81,7 +81,12 @@ class RandomJPEG:
 
 
 def eval_transform(cfg: DataConfig) -> Callable[[Any], Any]:
-    """Deterministic preprocessing for eval and predict: PIL RGB image -> normalised tensor."""
+    """Deterministic preprocessing as a torch transform: PIL RGB image -> normalised tensor.
+
+    The same values as :func:`smokerdet.data.images.preprocess`, which every backend uses.
+    Only training's validation still takes this one; it goes once validation uses
+    ``preprocess`` too.
+    """
     from torchvision import transforms as T
 
     size = cfg.input_size

@@ -79,10 +79,11 @@ class DecodedDataset:
 
 
 class ImageFileDataset:
-    """Image files decoded on access, for scoring. Never raises for a bad file.
+    """Image files decoded on access, for training's validation. Never raises for a bad file.
 
-    Each item is ``(index, tensor or None, error or None)``; pair it with
-    :func:`collate_scored` so that a broken file becomes an error row, not a crash.
+    Each item is ``(index, tensor or None, error or None)``. Scoring does not use it (see
+    :mod:`smokerdet.inference.batch`); it goes once validation decodes with
+    :func:`~smokerdet.data.images.load_image` and :func:`~smokerdet.data.images.preprocess`.
     """
 
     def __init__(
@@ -101,15 +102,3 @@ class ImageFileDataset:
             return i, None, e.reason
         except Exception as e:  # a transform must not kill a 100,000-image batch either
             return i, None, f"could not preprocess ({type(e).__name__}: {e})"
-
-
-def collate_scored(
-    batch: list[tuple[int, Any, str | None]],
-) -> tuple[list[int], Any, list[tuple[int, str]]]:
-    """Stack the good items of a batch; return (indices, tensor or None, [(index, error)])."""
-    import torch
-
-    good = [(i, t) for i, t, err in batch if err is None]
-    bad = [(i, err) for i, _, err in batch if err is not None]
-    tensor = torch.stack([t for _, t in good]) if good else None
-    return [i for i, _ in good], tensor, bad

@@ -2,8 +2,8 @@
 
 :func:`load_image` opens a path or bytes as an upright RGB image, or raises
 :class:`~smokerdet.errors.ImageLoadError` with a reason a person can read. :func:`preprocess`
-turns it into the normalised ``(3, S, S)`` float32 array that ``data.eval_transform`` makes
-as a torch tensor, value for value: both resize with PIL, so the pixels are the same.
+turns it into the normalised ``(3, S, S)`` float32 array the model takes: the one
+preprocessor of every backend, torch included (training's augmentation has its own).
 
 Example:
     >>> from smokerdet.data.images import DataConfig
@@ -27,8 +27,6 @@ from smokerdet.errors import ImageLoadError
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
-
-    pass
 
 # ---------------------------------------------------------------------------------------------
 # Preprocessing: built from the data config a checkpoint stores, never hard-coded at call sites
@@ -121,14 +119,30 @@ def _open(source: str | os.PathLike[str] | bytes, name: object) -> Any:
     return Image.open(p)
 
 
-def load_image(
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo and its own size.
+
+    Attributes:
+        image: the upright RGB image; smaller than the photo when a JPEG was decoded at
+            reduced scale (``draft_size``).
+        width: the upright photo's width in pixels, at full scale.
+        height: its height in pixels, at full scale.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+
+
+def load_photo(
     source: str | os.PathLike[str] | bytes,
     *,
     max_pixels: int = MAX_IMAGE_PIXELS,
     draft_size: int | None = None,
     name: str | None = None,
-) -> Image.Image:
-    """Open an image (a path or its bytes) as an upright RGB ``PIL.Image``.
+) -> Photo:
+    """Open an image (a path or its bytes) as an upright RGB ``PIL.Image``, with its own size.
 
     Applies the EXIF orientation, converts every mode (L, P, LA, RGBA, CMYK, 16-bit) to RGB,
     takes the first frame of an animation, and refuses images over ``max_pixels`` before
@@ -138,7 +152,8 @@ def load_image(
         source: the image file, or its content as bytes (an upload).
         max_pixels: largest width x height accepted (decompression-bomb guard).
         draft_size: when set, a large JPEG is decoded at reduced scale, but never below this
-            many pixels on its short side. It speeds up big photos that are shrunk anyway.
+            many pixels on its short side. It speeds up big photos that are shrunk anyway;
+            :attr:`Photo.width` and :attr:`Photo.height` stay the photo's own.
         name: what error messages call a bytes source (default ``<bytes>``).
 
     Raises:
@@ -161,7 +176,10 @@ def load_image(
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
             upright = ImageOps.exif_transpose(im)
-            return _to_rgb(upright if upright is not None else im)
+            if upright is not None and upright.size != im.size:  # turned a quarter
+                width, height = height, width
+            rgb = _to_rgb(upright if upright is not None else im)
+            return Photo(rgb, width, height)
     except ImageLoadError:
         raise
     except FileNotFoundError:
@@ -175,6 +193,17 @@ def load_image(
     except Exception as e:  # the decoders raise many types on hostile bytes; all mean "bad file"
         reason = (str(e).strip() or type(e).__name__).splitlines()[0][:200]
         raise ImageLoadError(where, f"corrupt or truncated image ({reason})") from None
+
+
+def load_image(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    draft_size: int | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """The upright RGB image of :func:`load_photo` (same arguments, same errors)."""
+    return load_photo(source, max_pixels=max_pixels, draft_size=draft_size, name=name).image
 
 
 def _resample(name: str) -> int:
@@ -228,7 +257,7 @@ def _crop_origin(w: int, h: int, size: int) -> tuple[int, int]:
 
 
 def resize_to_input(im: Image.Image, cfg: DataConfig) -> Image.Image:
-    """The PIL steps of ``eval_transform``: letterbox, crop or squash to the input square."""
+    """Letterbox, crop or squash to the input square (torchvision's resize and crop arithmetic)."""
     from PIL import Image
 
     size, resample = cfg.input_size, _resample(cfg.interpolation)

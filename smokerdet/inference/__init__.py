@@ -1,4 +1,6 @@
-"""Running a model: the engine (TTA, sigmoid, CAM once), its ONNX and torch backends, batch scoring, familiarity, heatmaps, the self-contained export.
+"""Running a model: the engine (TTA, sigmoid, pooling, CAM once) over its ONNX and torch
+backends, the one batch scorer, the one prediction row, familiarity, heatmaps, the
+self-contained export.
 
 Other packages import this one through this module; its modules are listed in
 docs/architecture.md.
@@ -6,8 +8,14 @@ docs/architecture.md.
 
 from smokerdet.inference.artifact import export_model
 from smokerdet.inference.backend import open_engine
-from smokerdet.inference.batch import score_paths
-from smokerdet.inference.engine import Engine
+from smokerdet.inference.batch import (
+    Decoded,
+    Scored,
+    decode_upload,
+    score_decoded,
+    score_paths,
+)
+from smokerdet.inference.engine import Engine, Outputs
 from smokerdet.inference.familiarity import (
     WARN_SHARE,
     Familiarity,
@@ -16,18 +24,27 @@ from smokerdet.inference.familiarity import (
     pooled_features,
     refit,
 )
+from smokerdet.inference.rows import FIELDS, Prediction, columns
 from smokerdet.inference.torch_backend import forward_probs
 
 __all__ = [
+    "FIELDS",
+    "Decoded",
     "Engine",
     "Familiarity",
+    "Outputs",
+    "Prediction",
+    "Scored",
     "WARN_SHARE",
     "export_model",
+    "columns",
+    "decode_upload",
     "fit_for_model",
     "forward_probs",
     "load_for",
     "open_engine",
     "pooled_features",
     "refit",
+    "score_decoded",
     "score_paths",
 ]

@@ -49,7 +49,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -371,24 +371,18 @@ def load_for(engine: Engine) -> Familiarity | None:
 def pooled_features(
     engine: Engine, paths: Sequence[Path], batch_size: int = 8, kept: list[int] | None = None
 ) -> np.ndarray:
-    """Pooled features ``(N, C)`` of the readable photos among ``paths`` (others skipped);
-    ``kept``, when given, receives the index in ``paths`` of each row."""
-    from smokerdet.data import load_image, preprocess
+    """Pooled features ``(N, C)`` of the readable photos among ``paths`` (others skipped),
+    scored as predict scores them; ``kept``, when given, receives the index in ``paths`` of
+    each row."""
+    from smokerdet.inference.batch import score_paths
 
-    cfg = engine.meta.data_config
     rows: list[np.ndarray] = []
-    for i in range(0, len(paths), batch_size):
-        batch: list[Any] = []
-        for j, p in enumerate(paths[i : i + batch_size], start=i):
-            try:
-                batch.append(preprocess(load_image(p, draft_size=cfg.input_size), cfg))
-            except Exception:  # an unreadable photo only leaves the description
-                continue
+    for scored in score_paths(engine, list(paths), batch_size=batch_size, features=True):
+        if scored.features is not None:  # an unreadable photo only leaves the description
+            rows.append(scored.features)
             if kept is not None:
-                kept.append(j)
-        if batch:
-            rows.append(engine.features_arrays(np.stack(batch))[1])
-    return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+                kept.append(scored.index)
+    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
 def _fit_folder(

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: one forward pass, no torch."""
+"""The ONNX Runtime backend: the forward pass of an exported model, no torch."""
 
 from __future__ import annotations
 
@@ -7,15 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smokerdet.errors import CheckpointError
-from smokerdet.inference.engine import Engine, sigmoid
+from smokerdet.inference.engine import Engine
 from smokerdet.models.onnx_format import _cam_head, meta_from_props
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-# ---------------------------------------------------------------------------------------------
-# ONNX Runtime
 
 
 class OnnxEngine(Engine):
@@ -54,56 +50,16 @@ class OnnxEngine(Engine):
         """Close the session (and its threads), e.g. before forking; reopened when used."""
         self.session = None
 
-    def _run(self, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        import numpy as np
+    def in_worker(self) -> OnnxEngine:
+        # one thread per process: processes scale across cores, intra-op threads don't (bench)
+        self.threads, self.session = 1, None
+        return self
 
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.session is None:
             self.session = _session(self.path, self.threads)
-
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.meta.tta == "hflip":
-            # One run over the photos and their mirror images; averaged like the torch path.
-            x = np.concatenate([x, np.ascontiguousarray(x[..., ::-1])])
-        return self.session.run(outputs, {"input": x})
-
-    def score_arrays(self, batch: np.ndarray) -> list[float]:
-        (logits,) = self._run(batch, ["logit"])
-        logits = logits.reshape(-1)
-        if self.meta.tta == "hflip":
-            n = len(batch)
-            logits = (logits[:n] + logits[n:]) / 2
-        return sigmoid(logits)
-
-    def features_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
-        import numpy as np
-
-        logits, features = self._run(batch, ["logit", "features"])
-        logits = logits.reshape(-1)
-        pooled = features.astype(np.float32).mean(axis=(2, 3))
-        if self.meta.tta == "hflip":
-            n = len(batch)
-            logits = (logits[:n] + logits[n:]) / 2
-            pooled = (pooled[:n] + pooled[n:]) / 2
-        return sigmoid(logits), pooled
-
-    def maps_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
-        import numpy as np
-
-        if self.head is None:
-            raise CheckpointError(
-                f"{self.path}: no field 'cam_head' (the head is not pooled + linear), "
-                "so heatmaps need torch",
-                hint="use --backend torch for heatmaps with this model",
-            )
-        weight, _ = self.head
-        logits, features = self._run(batch, ["logit", "features"])
-        logits = logits.reshape(-1)
-        maps = np.einsum("c,nchw->nhw", weight, features.astype(np.float32))
-        if self.meta.tta == "hflip":
-            n = len(batch)
-            logits = (logits[:n] + logits[n:]) / 2
-            maps = (maps[:n] + maps[n:, :, ::-1]) / 2
-        return sigmoid(logits), maps
+        logits, features = self.session.run(["logit", "features"], {"input": batch})
+        return logits.reshape(-1), features
 
 
 def _session(path: Path, threads: int | None) -> Any:

@@ -1,22 +1,19 @@
-"""The torch backend: one forward pass on any device, and Grad-CAM for heatmaps."""
+"""The torch backend: the forward pass on any device, and Grad-CAM for heatmaps."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from smokerdet.inference.engine import Engine, sigmoid
+from smokerdet.inference.engine import Engine
 
 if TYPE_CHECKING:
     import numpy as np
 
     from smokerdet.models import LoadedModel
 
-# ---------------------------------------------------------------------------------------------
-# torch
-
 
 class TorchEngine(Engine):
-    """A model run by torch (any device); heatmaps by Grad-CAM."""
+    """A model run by torch (any device); heatmaps by Grad-CAM, whatever the head."""
 
     backend = "torch"
 
@@ -25,34 +22,47 @@ class TorchEngine(Engine):
         self.name, self.meta, self.path = loaded.name, loaded.meta, loaded.path
         self.metadata: dict[str, str] = {}
 
-    def score_arrays(self, batch: np.ndarray) -> list[float]:
+    @property
+    def has_maps(self) -> bool:
+        return True
+
+    def in_worker(self) -> TorchEngine:
         import torch
 
-        pass
+        # One thread per worker process: a small network scales across processes, not across
+        # threads (bench/predict.py), and a forked child must never start an OpenMP pool after
+        # its parent used one (it hangs); with one thread it never starts one.
+        torch.set_num_threads(1)
+        return self
 
-        return forward_probs(self.loaded, torch.from_numpy(batch), self.device)
-
-    def features_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
+    def _input(self, batch: np.ndarray) -> Any:
         import torch
 
-        pass
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.device == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
-        probs, pooled = forward_probs_features(self.loaded, torch.from_numpy(batch), self.device)
-        return probs, pooled
-
-    def maps_arrays(self, batch: np.ndarray) -> tuple[list[float], np.ndarray]:
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        x = torch.from_numpy(batch).to(self.device)
-        logits, maps = grad_cam(self.loaded.model, x)
-        if self.meta.tta == "hflip":
-            logits_f, maps_f = grad_cam(self.loaded.model, torch.flip(x, dims=[3]))
-            logits, maps = (logits + logits_f) / 2, (maps + torch.flip(maps_f, dims=[2])) / 2
-        return sigmoid(logits.cpu().numpy()), maps.cpu().numpy()
+        model = self.loaded.model
+        with torch.inference_mode():
+            features = model.forward_features(self._input(batch))
+            logits = model.forward_head(features)
+            return _numpy(logits.reshape(-1)), _numpy(features)
+
+    def forward_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits, features, maps = grad_cam(self.loaded.model, self._input(batch))
+        return _numpy(logits), _numpy(features), _numpy(maps)
 
 
-def grad_cam(model: Any, x: Any) -> tuple[Any, Any]:
-    """Grad-CAM on the last feature map: (logits, maps before ReLU), scaled like CAM.
+def _numpy(t: Any) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def grad_cam(model: Any, x: Any) -> tuple[Any, Any, Any]:
+    """Grad-CAM on the last feature map: (logits, features, maps before ReLU), scaled like CAM.
 
     The gradient of each logit with respect to the output of the last conv stage, averaged
     over the grid, weights that stage's channels. Images in an eval-mode batch are
@@ -67,40 +77,14 @@ def grad_cam(model: Any, x: Any) -> tuple[Any, Any]:
     h, w = features.shape[-2:]
     # mean over the grid, times h*w, so the map has CAM's scale (the same after normalising)
     alpha = grads.mean(dim=(2, 3), keepdim=True) * (h * w)
-    maps = (alpha * features.detach()).sum(dim=1)
-    return logits.detach().float(), maps.float()
+    features = features.detach()
+    return logits.detach(), features, (alpha * features).sum(dim=1)
 
 
-def forward_probs(loaded: LoadedModel, batch: object, device: str) -> list[float]:
-    """Probabilities of smoking for a normalised batch, with the model's own TTA."""
-    import torch
+def forward_probs(loaded: LoadedModel, batch: Any, device: str) -> list[float]:
+    """Probabilities of a preprocessed ``(N, 3, S, S)`` tensor: ``TorchEngine.score_arrays``.
 
-    x = batch.to(device, non_blocking=True)  # type: ignore[attr-defined]
-    if device == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        logits = loaded.model(x).float().reshape(-1)
-        if loaded.meta.tta == "hflip":
-            logits = (logits + loaded.model(torch.flip(x, dims=[3])).float().reshape(-1)) / 2
-        return torch.sigmoid(logits).tolist()
-
-
-def forward_probs_features(
-    loaded: LoadedModel, batch: object, device: str
-) -> tuple[list[float], np.ndarray]:
-    """Probabilities and pooled features ``(N, C)`` from one pass (TTA-averaged, like ONNX)."""
-    import torch
-
-    x = batch.to(device, non_blocking=True)  # type: ignore[attr-defined]
-    if device == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
-    model = loaded.model
-    with torch.inference_mode():
-        features = model.forward_features(x)
-        logits = model.forward_head(features).float().reshape(-1)
-        pooled = features.float().mean(dim=(2, 3))
-        if loaded.meta.tta == "hflip":
-            flipped = model.forward_features(torch.flip(x, dims=[3]))
-            logits = (logits + model.forward_head(flipped).float().reshape(-1)) / 2
-            pooled = (pooled + flipped.float().mean(dim=(2, 3))) / 2
-        return torch.sigmoid(logits).tolist(), pooled.cpu().numpy()
+    Only training's validation still calls this; it goes once that scores through
+    ``TorchEngine(loaded, device).score_arrays`` itself.
+    """
+    return TorchEngine(loaded, device).score_arrays(batch.cpu().numpy())

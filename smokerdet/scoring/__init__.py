@@ -8,7 +8,6 @@ from smokerdet.scoring.config import EvalConfig, PredictConfig, ScoringConfig
 from smokerdet.scoring.evaluate import EvalReport, evaluate
 from smokerdet.scoring.predict import (
     Inputs,
-    Prediction,
     expand_inputs,
     merge_results,
     predict,
@@ -21,7 +20,6 @@ __all__ = [
     "EvalReport",
     "Inputs",
     "PredictConfig",
-    "Prediction",
     "ScoringConfig",
     "evaluate",
     "expand_inputs",

@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -23,7 +23,14 @@ from smokerdet import distributed
 from smokerdet.data import CLASS_NAMES, is_image_file
 from smokerdet.distributed import bounds
 from smokerdet.errors import ConfigError
-from smokerdet.inference import WARN_SHARE, Familiarity, load_for, open_engine, score_paths
+from smokerdet.inference import (
+    WARN_SHARE,
+    Familiarity,
+    Prediction,
+    load_for,
+    open_engine,
+    score_paths,
+)
 from smokerdet.scoring.shards import (
     PartHeader,
     ResultsWriter,
@@ -39,34 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("smokerdet")
 
 _GLOB_CHARS = set("*?[")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result. ``label`` and ``probability`` are None when ``error`` says why."""
-
-    path: str
-    label: str | None
-    probability: float | None
-    threshold: float
-    model: str
-    error: str | None = None
-    heatmap: str | None = None
-    """The heatmap overlay PNG written for this image (only with ``heatmaps=``)."""
-    heatmaps_asked: bool = field(default=False, repr=False, compare=False)
-    familiar: bool | None = None
-    """Whether the photo looks like the model's training photos (None: the model has no
-    familiarity stats, or the photo has no score)."""
-    familiarity: float | None = None
-    """``cut / distance`` from the training photos: familiar from 1.0 up (see
-    :mod:`smokerdet.familiarity`)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The row as a dict; ``heatmap`` is in it only when heatmaps were asked for."""
-        d = asdict(self)
-        if not d.pop("heatmaps_asked"):
-            d.pop("heatmap")
-        return d
 
 
 @dataclass
@@ -228,7 +207,7 @@ def predict(
     for warning in expanded.warnings:
         log.warning(warning)
     engine = open_engine(model, backend=backend, device=device)
-    if heat_dir is not None and engine.backend == "onnx" and engine.head is None:  # type: ignore[attr-defined]
+    if heat_dir is not None and not engine.has_maps:
         raise ConfigError(
             f"--heatmaps: {engine.path} has no linear head for CAM heatmaps",
             hint="use --backend torch for heatmaps with this model (Grad-CAM)",
@@ -262,22 +241,24 @@ def _generate(
     counts = [0, 0]  # photos with a familiarity score, and how many of them are unfamiliar
     for path, error in expanded.items:
         if error is not None:
-            yield Prediction(path, None, None, cut, engine.name, error, None, asked)
-            continue
-        scored = next(scores)
-        if scored.probability is None:
-            yield Prediction(path, None, None, cut, engine.name, scored.error, None, asked)
-        else:
-            label = names[1] if scored.probability >= cut else names[0]
-            heat = str(scored.heatmap) if scored.heatmap is not None else None
-            fam = scored.familiarity
-            familiar = None if fam is None else bool(fam >= 1.0)
-            if fam is not None:
-                counts[0] += 1
-                counts[1] += not familiar
             yield Prediction(
-                path, label, scored.probability, cut, engine.name, None, heat, asked, familiar, fam
+                path,
+                None,
+                None,
+                threshold=cut,
+                model=engine.name,
+                error=error,
+                heatmaps_asked=asked,
             )
+            continue
+        p = Prediction.of(
+            next(scores), path=path, threshold=cut, model=engine.name, names=names,
+            heatmaps_asked=asked,
+        )  # fmt: skip
+        if p.familiar is not None:
+            counts[0] += 1
+            counts[1] += not p.familiar
+        yield p
     warn_unfamiliar(*counts)
 
 
@@ -319,11 +300,6 @@ class ShardRun:
     total: int
     done: int = 0
     failed_before: int = 0
-
-
-def json_line(p: Prediction) -> str:
-    """The JSON Lines record of a prediction, as ``predict --json`` prints it."""
-    return json.dumps(p.to_dict(), ensure_ascii=True) + "\n"
 
 
 #: Rows appended per write when the batch size is the engine's own.
@@ -450,13 +426,13 @@ def _written(
             pending.append(row)
             if len(pending) >= every:
                 batch, pending = pending, []
-                writer.append([json_line(p) for p in batch])
+                writer.append([p.json_line() for p in batch])
                 yield from batch
         batch, pending = pending, []
-        writer.append([json_line(p) for p in batch])
+        writer.append([p.json_line() for p in batch])
         yield from batch
     finally:
-        writer.append([json_line(p) for p in pending])  # scored before a stop: keep them
+        writer.append([p.json_line() for p in pending])  # scored before a stop: keep them
         writer.close()
 
 
@@ -471,4 +447,4 @@ def merge_results(parts: Sequence[str | os.PathLike[str]]) -> tuple[int, Iterato
     """
     merged = merge_parts([Path(p) for p in parts])
     rows = (json.loads(line) for line in merged)
-    return merged.total, (Prediction(**r, heatmaps_asked="heatmap" in r) for r in rows)
+    return merged.total, (Prediction.from_dict(r) for r in rows)

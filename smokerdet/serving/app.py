@@ -28,9 +28,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from smokerdet.data import load_image
+from smokerdet.data import CLASS_NAMES, load_image
 from smokerdet.errors import ConfigError, ImageLoadError, SmokerdetError
-from smokerdet.inference import Engine, open_engine
+from smokerdet.inference import (
+    Engine,
+    Familiarity,
+    Prediction,
+    decode_upload,
+    load_for,
+    open_engine,
+    score_decoded,
+)
 from smokerdet.serving.config import ServeConfig
 
 log = logging.getLogger("smokerdet")
@@ -165,52 +173,43 @@ def heatmap_png(heat: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def heatmap_url(name: str, image: Any, heat: Any) -> str:
+    """The heatmap sink of ``?heatmap=1``: the heatmap as a PNG data URL."""
+    return heatmap_png(heat)
+
+
 class Scorer:
     """Decodes and scores uploads with one engine; runs in worker threads."""
 
-    def __init__(self, engine: Engine, config: ServeConfig) -> None:
-        self.engine, self.config = engine, config
-        self.names = list(engine.meta.class_names or ("not_smoking", "smoking"))
-        self.draft = engine.meta.data_config.input_size
+    def __init__(
+        self, engine: Engine, config: ServeConfig, familiarity: Familiarity | None = None
+    ) -> None:
+        self.engine, self.config, self.familiarity = engine, config, familiarity
+        self.names = list(engine.meta.class_names or CLASS_NAMES)
 
     def decode(self, data: bytes) -> Any:
         """The upload as an upright RGB image, with ``predict``'s guards and JPEG draft."""
-        return load_image(
-            data, max_pixels=self.config.max_pixels, draft_size=self.draft, name=UPLOAD
-        )
+        draft = self.engine.meta.data_config.input_size
+        return load_image(data, max_pixels=self.config.max_pixels, draft_size=draft, name=UPLOAD)
 
-    def run(self, uploads: list[Upload], threshold: float, heatmap: bool) -> list[dict[str, Any]]:
-        """One result per upload, in order; a bad image is a result with its error."""
-        rows: list[dict[str, Any]] = []
-        good: list[tuple[int, Any]] = []
-        for i, up in enumerate(uploads):
-            row: dict[str, Any] = {
-                "path": up.name,
-                "label": None,
-                "probability": None,
-                "threshold": threshold,
-                "model": self.engine.name,
-                "error": None,
-                "sha256": hashlib.sha256(up.data).hexdigest(),
-            }
-            try:
-                image = self.decode(up.data)
-                good.append((i, image))
-                row["width"], row["height"] = image.size
-            except ImageLoadError as e:
-                row["error"] = e.reason
-            rows.append(row)
-        images = [im for _, im in good]
-        if heatmap:
-            scored = self.engine.score_with_heatmaps(images)
-        else:
-            scored = [(p, None) for p in self.engine.score(images)]
-        for (i, _), (prob, heat) in zip(good, scored, strict=True):
-            rows[i]["probability"] = float(prob)
-            rows[i]["label"] = self.names[1] if prob >= threshold else self.names[0]
-            if heatmap:
-                rows[i]["heatmap"] = heatmap_png(heat) if heat is not None else None
-        return rows
+    def run(self, uploads: list[Upload], threshold: float, heatmap: bool) -> list[Prediction]:
+        """One row per upload, in order, as ``predict`` makes them; a bad image is a row
+        with its error."""
+        cfg, limit = self.engine.meta.data_config, self.config.max_pixels
+        items = [decode_upload(up.name, up.data, cfg, heatmap, limit) for up in uploads]
+        sink = heatmap_url if heatmap else None
+        scored = score_decoded(self.engine, items, heatmap=sink, familiarity=self.familiarity)
+        return [
+            Prediction.of(
+                s,
+                path=s.path,
+                threshold=threshold,
+                model=self.engine.name,
+                names=self.names,
+                heatmaps_asked=heatmap,
+            )  # fmt: skip
+            for s in scored
+        ]
 
 
 class Collector:
@@ -299,7 +298,7 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
 
     from smokerdet.__about__ import __version__
 
-    scorer = Scorer(engine, config)
+    scorer = Scorer(engine, config, load_for(engine))
     info = model_info(engine)  # read once: the model does not change while serving
     collector = Collector(config.collect, scorer.names) if config.collect else None
     limiter = anyio.CapacityLimiter(config.threads)
@@ -347,18 +346,19 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
     ) -> JSONResponse:
         """Label images sent as multipart files or as one raw image body.
 
-        Every image gets the fields of ``smokerdet predict --json``. A bad image gets its
-        ``error`` and the others are still labelled (200); when no image could be read the
-        answer is 413 (over --max-pixels) or 422.
+        Every image gets the row of ``smokerdet predict --json``, ``familiar`` and
+        ``familiarity`` included (and ``heatmap``, a PNG data URL, when asked for). A bad image
+        gets its ``error`` and the others are still labelled (200); when no image could be
+        read the answer is 413 (over --max-pixels) or 422.
         """
         uploads = await parse_uploads(request, config)
         cut = engine.meta.threshold if threshold is None else threshold
         rows = await anyio.to_thread.run_sync(scorer.run, uploads, cut, heatmap, limiter=limiter)
-        body = {"model": engine.name, "threshold": cut, "results": rows}
-        if any(r["label"] is not None for r in rows):
+        body = {"model": engine.name, "threshold": cut, "results": [r.to_dict() for r in rows]}
+        if any(r.label is not None for r in rows):
             return JSONResponse(body)
-        too_big = any((r["error"] or "").startswith("too large") for r in rows)
-        first = rows[0]["error"] + (" (--max-pixels)" if too_big else "")
+        too_big = any((r.error or "").startswith("too large") for r in rows)
+        first = (rows[0].error or "") + (" (--max-pixels)" if too_big else "")
         return json_error(413 if too_big else 422, f"no image could be labelled: {first}", **body)
 
     @app.get("/v1/review", dependencies=api, tags=["review"])

@@ -124,7 +124,8 @@ class VideoFrame:
     image: Image.Image = field(repr=False)
 
 
-def _quiet_ffmpeg() -> None:
+def quiet_ffmpeg() -> None:
+    """Silence FFmpeg's own log (it would print every damaged packet, and URLs with passwords)."""
     import av.logging
 
     # FFmpeg prints every damaged packet; our notes and errors say what matters, once.
@@ -206,7 +207,7 @@ class Video:
 def _open_container(path: Path) -> av.container.InputContainer:
     import av
 
-    _quiet_ffmpeg()
+    quiet_ffmpeg()
     if path.is_dir():
         raise VideoError(path, "is a directory")
     try:
@@ -270,7 +271,8 @@ def _info(
     )
 
 
-def _upright(image: Image.Image, rotation: int) -> Image.Image:
+def upright(image: Image.Image, rotation: int) -> Image.Image:
+    """``image`` turned as a frame's display matrix says (``rotation``: degrees, counterclockwise)."""
     from PIL import Image
 
     # The display matrix's angle is counterclockwise, like PIL's.
@@ -375,7 +377,7 @@ class _Reader:
             t, index = self.time(pts), self.order.index(pts)
         if not self.sampler.take(t):
             return None
-        return VideoFrame(index, round(t, 6), _upright(frame.to_image(), frame.rotation))
+        return VideoFrame(index, round(t, 6), upright(frame.to_image(), frame.rotation))
 
     def notes(self, duration: float | None, rate: float | None) -> list[str]:
         found = []

@@ -163,6 +163,8 @@ class Video:
             self._container.close()
             raise
         self.fps = fps
+        self.decoded = 0
+        """Frames the decoder produced (after :meth:`frames`): what sampling saved shows here."""
         rate = self.info.rate
         if fps and rate and fps > rate + _EPS:
             self.notes.append(
@@ -195,6 +197,7 @@ class Video:
         for frame in reader.run(self._container):
             yielded += 1
             yield frame
+        self.decoded = reader.decoded
         self.notes += reader.notes(self.info.duration, self.info.rate)
         if not yielded:
             raise VideoError(

@@ -202,7 +202,10 @@ class MetricsServer:
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="smokerdet-metrics", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # close() waits for one poll
+            name="smokerdet-metrics",
+            daemon=True,
         )
         self._thread.start()
 

@@ -7,6 +7,8 @@ Every server listens on 127.0.0.1 on a free port and is stopped by its context m
 from __future__ import annotations
 
 import io
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -95,6 +97,13 @@ def make_audio_only(path: Path, seconds: float = 1.0) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A port nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def jpeg(im: Image.Image) -> bytes:
     buffer = io.BytesIO()
     im.save(buffer, format="JPEG", quality=85)
@@ -115,14 +124,19 @@ def nearest(image: Image.Image, candidates: dict[str, Image.Image]) -> str:
 
 
 @contextmanager
-def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+def http_server(
+    handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None, port: int = 0
+) -> Iterator[str]:
     """Serve ``handler`` on 127.0.0.1; yields the base URL (``http://127.0.0.1:PORT``)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        scheme = "https" if tls is not None else "http"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -158,9 +172,10 @@ class MjpegCamera:
     connections: int = 0
     sent: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    gone: threading.Event = field(default_factory=threading.Event)
 
     @contextmanager
-    def serve(self) -> Iterator[str]:
+    def serve(self, port: int = 0) -> Iterator[str]:
         camera = self
 
         class Handler(QuietHandler):
@@ -173,6 +188,8 @@ class MjpegCamera:
                 self.end_headers()
                 try:
                     for _ in range(camera.per_connection):
+                        if camera.gone.is_set():  # the camera was switched off
+                            return
                         with camera.lock:
                             data = camera.pictures(camera.sent)
                             camera.sent += 1
@@ -191,8 +208,12 @@ class MjpegCamera:
                     pass
                 self.close_connection = True
 
-        with http_server(Handler) as base:
-            yield f"{base}/video.mjpg"
+        self.gone.clear()
+        try:
+            with http_server(Handler, port=port) as base:
+                yield f"{base}/video.mjpg"
+        finally:
+            self.gone.set()
 
 
 @dataclass

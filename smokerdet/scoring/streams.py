@@ -267,7 +267,7 @@ class LiveStream:
                 )
             delay = self.options.backoff.delay(attempt)
             attempt += 1
-            log.warning("%s: %s; trying again in %.1f s", self.shown, reason, delay)
+            log.warning("%s: %s; trying again in %.3g s", self.shown, reason, delay)
             self._stop.wait(delay)
 
     def _connection(self) -> Iterator[LiveFrame]:

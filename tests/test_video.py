@@ -99,6 +99,19 @@ def test_a_rotated_phone_video_comes_out_upright(tmp_path: Path, rotation: int) 
     assert np.abs(red.mean(axis=0) - want_red.mean(axis=0)).max() < 3
 
 
+def test_max_side_shrinks_large_frames_in_ffmpeg_upright_and_keeps_small_ones(
+    tmp_path: Path,
+) -> None:
+    path = make_video(
+        tmp_path / "phone.mp4", [(photo(SMOKING, (160, 96)), 0.2)], fps=FPS, rotation=90
+    )
+    with open_video(path, fps=0, max_side=80) as video:
+        frames = list(video.frames())
+    assert {f.image.size for f in frames} == {(48, 80)}  # 160x96 halved, then turned
+    with open_video(path, fps=0, max_side=500) as video:
+        assert {f.image.size for f in video.frames()} == {(96, 160)}
+
+
 def test_variable_frame_rate_uses_each_frames_own_time(tmp_path: Path) -> None:
     times = [0.0, 0.1, 0.15, 0.9, 1.0, 1.01, 2.3, 2.31, 3.0]
     segments = [(photo(SMOKING, (64, 64)), len(times) / FPS)]

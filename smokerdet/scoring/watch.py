@@ -174,6 +174,8 @@ class WatchSummary:
     dropped: int
     events: int
     reconnects: int
+    lag_max: float = 0.0
+    """The largest age of a frame when its score was ready, in seconds."""
     webhook_sent: int = 0
     webhook_failed: int = 0
 
@@ -188,6 +190,7 @@ class _Run:
     scored: int = 0
     events: int = 0
     lag: float = 0.0
+    lag_max: float = 0.0
 
     def counts(self) -> WatchCounts:
         from smokerdet.telemetry import WatchCounts
@@ -254,6 +257,7 @@ def watch(
             probability = _probability(score_frame(frame.image))
             run.scored += 1
             run.lag = time.monotonic() - frame.arrived
+            run.lag_max = max(run.lag_max, run.lag)
             keep = frame.image if cfg.snapshots is not None else None
             changed = tracker.update(frame.index, frame.time, probability, keep)
             if changed is not None:
@@ -275,6 +279,7 @@ def watch(
         dropped=stream.stats.dropped,
         events=run.events,
         reconnects=stream.stats.reconnects,
+        lag_max=round(run.lag_max, 3),
         webhook_sent=hook.stats.sent if hook else 0,
         webhook_failed=hook.stats.failed if hook else 0,
     )

@@ -42,6 +42,7 @@ def make_video(
     *,
     fps: int = 25,
     gop: int | None = None,
+    bframes: int | None = None,
     rotation: int | None = None,
     times: Sequence[float] | None = None,
     codec: str = "libx264",
@@ -49,7 +50,7 @@ def make_video(
     """Encode ``segments`` (each image held for its seconds) at ``fps`` into ``path``.
 
     ``times`` gives each frame's own timestamp instead (variable frame rate; a millisecond
-    time base). ``rotation`` writes a display matrix (degrees counterclockwise).
+    time base). ``bframes`` puts that many B-frames between references. ``rotation`` writes a display matrix (degrees counterclockwise).
     """
     frames = [im for im, seconds in segments for _ in range(round(seconds * fps))]
     import av
@@ -61,6 +62,8 @@ def make_video(
         options = {"preset": "ultrafast", "crf": "23"} if codec == "libx264" else {}
         if gop is not None:
             options["g"] = str(gop)
+        if bframes is not None:  # ultrafast has none; frames that nothing refers to
+            options["bf"] = str(bframes)
         stream.codec_context.options = options
         if times is not None:
             stream.codec_context.time_base = Fraction(1, 1000)

@@ -28,6 +28,8 @@ def test_one_frame_above_starts_nothing_two_of_three_do() -> None:
 
 def test_the_threshold_itself_counts_as_smoking() -> None:
     assert events_of([0.5, 0.5, 0.1, 0.1, 0.1, 0.1]) == [(0.0, 1.0, 0.5, 0)]
+    # ... and keeps an event going: it ends at the first frame below (2.5 s), not at 1.0 s.
+    assert events_of([0.9, 0.9, 0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1]) == [(0.0, 2.5, 0.9, 0)]
 
 
 def test_a_short_gap_does_not_split_an_event_and_the_end_is_the_first_frame_below() -> None:

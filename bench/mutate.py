@@ -60,6 +60,9 @@ FAMILIARITY = "smokerdet/inference/familiarity.py"  # fit, load_for, _checked, _
 EXPORT = "smokerdet/models/export.py"  # export_onnx
 FAMILIARITY_TESTS = "tests/test_familiarity.py"
 EXPORT_TESTS = "tests/test_export.py"
+VIDEO = "smokerdet/scoring/video.py"  # video._Reader
+VIDEO_TESTS = "tests/test_video.py"
+URLS = "smokerdet/scoring/urls.py"  # urls.redact, urls._read_capped
 
 KILLS = "tests/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
 FSYNC = (
@@ -420,6 +423,84 @@ MUTATIONS: list[Mutation] = [
         ),
         proves="a process that joined a process group ends without the interpreter's shutdown, "
         "where DDP's leftover gloo threads can abort a finished run",
+    ),
+    Mutation(
+        id="video-wanted-frame-skipped-as-unreferenced",
+        file=VIDEO,
+        old='codec.skip_frame = "NONREF" if i < len(packets) - 1 else "DEFAULT"',
+        new='codec.skip_frame = "NONREF"',
+        tests=(f"{VIDEO_TESTS}::test_b_frames_and_long_groups_of_pictures_are_sampled_right",),
+        proves="a sampled video frame is the first at or after its time, B-frames included",
+    ),
+    Mutation(
+        id="video-decodes-every-frame",
+        file=VIDEO,
+        old="wanted = self.sampler.due(self.last_packet)",
+        new="wanted = True",
+        tests=(
+            f"{VIDEO_TESTS}::test_low_rates_decode_only_what_they_need_and_get_the_same_pictures",
+        ),
+        proves="low sampling rates do not decode every frame",
+    ),
+    Mutation(
+        id="video-rotation-ignored",
+        file=VIDEO,
+        old="upright(rgb(frame, self.max_side), frame.rotation)",
+        new="rgb(frame, self.max_side)",
+        tests=(VIDEO_TESTS,),
+        proves="a phone video's display matrix is applied",
+    ),
+    Mutation(
+        id="event-threshold-strict",
+        file="smokerdet/scoring/events.py",
+        old="        if probability >= self.rules.threshold:\n",
+        new="        if probability > self.rules.threshold:\n",
+        tests=("tests/test_events.py",),
+        proves="a frame at the threshold counts as smoking, like a photo's label",
+    ),
+    Mutation(
+        id="snapshot-declared-size-trusted",
+        file=URLS,
+        old="if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:",
+        new="if False:",
+        tests=("tests/test_urls.py::test_a_2gb_body_is_refused_without_reading_it",),
+        proves="a snapshot whose Content-Length is over the cap is refused before its body",
+    ),
+    Mutation(
+        id="credentials-shown",
+        file=URLS,
+        old='text = _USERINFO.sub(r"\\g<scheme>***@", text)',
+        new="pass",
+        tests=("tests/test_urls.py", "tests/test_streams.py"),
+        proves="credentials in a URL never appear in a message or a log",
+    ),
+    Mutation(
+        id="stream-drops-not-counted",
+        file="smokerdet/scoring/streams.py",
+        old="            if self._latest is not None:\n                self.stats.dropped += 1\n",
+        new="",
+        tests=(
+            "tests/test_streams.py::test_a_snapshot_url_is_polled_and_a_slow_scorer_drops_frames_not_memory",
+        ),
+        proves="frames replaced while scoring lags are counted as dropped",
+    ),
+    Mutation(
+        id="webhook-retries-a-404",
+        file="smokerdet/scoring/webhooks.py",
+        old="return e.code in RETRY_STATUSES,",
+        new="return True,",
+        tests=("tests/test_webhooks.py",),
+        proves="a webhook answer that will not change (404) is not retried",
+    ),
+    Mutation(
+        id="backoff-jitter-past-the-cap",
+        file="smokerdet/scoring/backoff.py",
+        old="return min(self.cap, base * spread)",
+        new="return base * spread",
+        tests=(
+            "tests/test_webhooks.py::test_backoff_grows_is_capped_and_jitters_within_its_bounds",
+        ),
+        proves="reconnection and retry waits never exceed the cap, jitter included",
     ),
 ]
 

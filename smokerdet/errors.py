@@ -72,3 +72,31 @@ class Interrupted(SmokerdetError):
     """Ctrl-C. Exit code 130, as shells expect after SIGINT."""
 
     exit_code = 130
+
+
+class VideoError(SmokerdetError):
+    """One video file cannot be read: empty, not a video, no video stream, an unknown codec.
+
+    Like :class:`ImageLoadError`, a batch reports it as the file's row and goes on.
+    """
+
+    def __init__(self, path: object, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {reason}", hint)
+        self.path = path
+        self.reason = reason
+
+
+class UrlError(SmokerdetError):
+    """A snapshot URL gave no image: unreachable, an HTTP error, too big, too slow, not an image.
+
+    The message names the URL with its credentials redacted.
+    """
+
+    def __init__(self, url: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"{url}: {reason}", hint)
+        self.url = url
+        self.reason = reason
+
+
+class StreamError(SmokerdetError):
+    """A live source (camera, stream, device) could not be opened, or never gave a frame."""

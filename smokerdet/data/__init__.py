@@ -6,6 +6,7 @@ docs/architecture.md.
 
 from smokerdet.data.augment import eval_transform, train_transform
 from smokerdet.data.datasets import DecodedDataset, ImageFileDataset, collate_scored, decode_all
+from smokerdet.data.folds import check_per_class, class_counts, stratified_folds, stratified_split
 from smokerdet.data.images import (
     MAX_IMAGE_PIXELS,
     DataConfig,
@@ -36,6 +37,8 @@ __all__ = [
     "ResizeMode",
     "SPLITS",
     "Sample",
+    "check_per_class",
+    "class_counts",
     "collate_scored",
     "decode_all",
     "eval_transform",
@@ -46,6 +49,8 @@ __all__ = [
     "load_image",
     "preprocess",
     "resolve_data_root",
+    "stratified_folds",
+    "stratified_split",
     "train_transform",
     "view_of",
 ]

@@ -432,6 +432,55 @@ def test_a_second_run_on_the_same_name_is_refused_and_a_stale_lock_is_not(
     assert train(cfg).name == "stale"
 
 
+# A training run's hold on a model, in a process of its own: it takes the lock, says so, and
+# keeps it until its stdin closes.
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from smokerdet.models.checkpoint import model_lock
+with model_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _hold(folder: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_models_remove_refuses_while_another_process_trains_it(runner, model_copy):
+    holder = _hold(model_copy)
+    try:
+        r = runner.invoke(app, ["models", "remove", "tiny"])
+        assert r.exit_code == 2, r.output
+        assert f"Error: a training run (pid {holder.pid}) is writing model 'tiny'" in r.stderr
+        assert "Hint: wait for it to finish or stop it, then remove the model" in r.stderr
+        assert (model_copy / META_FILE).is_file()
+    finally:
+        holder.communicate("")  # the run ends: its lock goes with it
+    assert not (model_copy.parent / ".tiny.pid").exists()
+    r = runner.invoke(app, ["models", "remove", "tiny"])
+    assert r.exit_code == 0, r.output
+    assert not model_copy.exists()
+
+
+def test_a_killed_runs_leftover_process_id_does_not_block_models_remove(runner, model_copy):
+    holder = _hold(model_copy)
+    holder.kill()  # SIGKILL: its .tiny.pid stays behind, its lock does not
+    holder.communicate()
+    assert (model_copy.parent / ".tiny.pid").read_text() == f"{holder.pid}\n"
+    r = runner.invoke(app, ["models", "remove", "tiny"])
+    assert r.exit_code == 0, r.output
+    assert not model_copy.exists()
+
+
 def test_a_failed_write_keeps_the_previous_model(runner, model_copy, flat_data, monkeypatch):
     before = json.loads((model_copy / "model.json").read_text())
     real_replace = os.replace

@@ -6,13 +6,17 @@ import pytest
 from conftest import TINY_TRAIN_ARGS, write_flat
 
 from smokerdet.cli import app
+from smokerdet.data import stratified_folds
 from smokerdet.data.layout import find_dataset
 from smokerdet.errors import ConfigError
 from smokerdet.metrics import best_threshold, binary_metrics
-from smokerdet.training.config import TrainConfig
-from smokerdet.training.loop import TrainingInterrupted, TrainReporter
-from smokerdet.training.recipes.crossval import cross_validate, make_folds
-from smokerdet.training.train import resume_training
+from smokerdet.training import (
+    TrainConfig,
+    TrainingInterrupted,
+    TrainReporter,
+    cross_validate,
+    resume_training,
+)
 
 
 @pytest.fixture
@@ -62,11 +66,11 @@ def test_cv_table_shows_folds_and_mean_sd(runner, data):
 
 def test_folds_are_stratified_disjoint_and_seeded(data):
     samples = find_dataset(data).train
-    folds = make_folds(samples, 3, seed=1)
+    folds = stratified_folds(samples, 3, seed=1)
     assert sorted(str(s.path) for f in folds for s in f) == sorted(str(s.path) for s in samples)
     for fold in folds:
         assert {s.label for s in fold} == {0, 1}
-    assert make_folds(samples, 3, seed=1) == folds != make_folds(samples, 3, seed=2)
+    assert stratified_folds(samples, 3, seed=1) == folds != stratified_folds(samples, 3, seed=2)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +97,7 @@ def test_cv_larger_than_smallest_class_gives_the_counts(runner, tmp_path):
     assert r.exit_code == 2, r.output
     pool = find_dataset(data, seed=42)
     n = sum(s.label for s in pool.train + pool.val)
-    assert f"hold {n} smoking and" in r.stderr
+    assert f"found {n} smoking, {len(pool.train + pool.val) - n} not_smoking" in r.stderr
     assert "Hint: use --cv" in r.stderr
 
 

@@ -31,12 +31,17 @@ from filelock import FileLock
 from smokerdet import faults
 from smokerdet.cli import app
 from smokerdet.errors import CheckpointError
+from smokerdet.inference.familiarity import FAMILIARITY_FILE
 from smokerdet.models.checkpoint import META_FILE, WEIGHTS_FILE, model_lock, save_model
 from smokerdet.models.registry import load_model
-from smokerdet.training.config import TrainConfig
-from smokerdet.training.loop import TrainingInterrupted, TrainReporter
+from smokerdet.training import (
+    TrainConfig,
+    TrainingInterrupted,
+    TrainReporter,
+    resume_training,
+    train,
+)
 from smokerdet.training.resume import RESUME_DIR, read_resume_state, write_resume_files
-from smokerdet.training.train import resume_training, train
 
 
 def tiny(data: Path, name: str, epochs: int = 3, workers: int = 0) -> TrainConfig:
@@ -295,20 +300,25 @@ def aim(ref: Reference) -> list[tuple[int, int]]:
     Every point of every write in the first epoch that replaces a saved model; in the others,
     a step in the middle of the epoch and the moment the resume state is complete (or, in the
     last epoch, the new model). Each epoch's last kill lands once its resume state is in
-    place, so every run starts in the epoch its kill aims at.
+    place, so every run starts in the epoch its kill aims at. (The last epoch's resume state
+    is that of a run finishing its folder: see
+    :func:`test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume`.)
     """
     full = next(e for e, seg in enumerate(ref.segments, 1) if "save_model/previous-kept" in seg)
+    last = len(ref.segments)
     plan = []
     for epoch, seg in enumerate(ref.segments, 1):
         steps = [i for i, p in enumerate(seg) if p == "train/step"]
         if epoch > 1:
             plan.append((epoch, steps[len(steps) // 2]))
+        if epoch == last:  # its points up to the new model; after it, the run finishes
+            seg = seg[: seg.index(f"{META_FILE}/renamed") + 1]
         plan += [
             (epoch, i)
             for i, p in enumerate(seg)
             if p not in ("epoch/start", "train/step")
             and (epoch == full or p in ("state.json/renamed", f"{META_FILE}/renamed"))
-            and (epoch in (full, len(ref.segments)) or p == "state.json/renamed")
+            and (epoch in (full, last) or p == "state.json/renamed")
         ]
     return plan
 
@@ -376,6 +386,35 @@ def test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill(
     assert same_version(load_model(folder), want["saved"][-1])
     assert not (folder / RESUME_DIR).exists()
     print("\nkill points:", sum(landed.values()), dict(sorted(landed.items())))
+
+
+def test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume(
+    run_server, reference, smokerdet_home
+):
+    """After its last epoch a run writes its familiarity stats, then removes its resume state:
+    killed in between, it is not finished, and its resume writes what was missing."""
+    ref, folder = reference, smokerdet_home / "models" / "k"
+    last = ref.segments[-1]
+    stats = f"{FAMILIARITY_FILE}/opened"
+    assert last.index("state.json/renamed") < last.index(stats)  # the state comes first
+    status = run_server.run(
+        smokerdet_home, fault=f"{stats}:1", resume=False, name="k", config=ref.config,
+        out=str(smokerdet_home / "out.json"),
+    )  # fmt: skip
+    assert status == -signal.SIGKILL
+    assert read_resume_state(folder).epoch == len(ref.segments)
+    assert not (folder / FAMILIARITY_FILE).exists()
+
+    final = smokerdet_home / "final.json"
+    status = run_server.run(smokerdet_home, resume=True, name="k", config={}, out=str(final))
+    assert status == 0
+    got, want = json.loads(final.read_text()), ref.done
+    assert got["epochs"] == [] and got["losses"] == []  # every epoch had run
+    for key in ("best_epoch", "epochs_run", "threshold", "val_metrics", "stopped_early"):
+        assert got["result"][key] == want["result"][key], key
+    assert comparable(got["result"]["history"]) == comparable(want["result"]["history"])
+    assert same_version(load_model(folder), want["saved"][-1])
+    assert (folder / FAMILIARITY_FILE).is_file() and not (folder / RESUME_DIR).exists()
 
 
 def test_every_file_of_a_save_is_fsynced_under_a_temp_name_then_renamed(model_copy, monkeypatch):

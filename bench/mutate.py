@@ -47,17 +47,19 @@ IMAGE_LOADER = "smokerdet/images.py"  # images.load_image
 PREDICT = "smokerdet/predict.py"  # predict._generate
 ARCHIVES = "smokerdet/archives.py"  # archives._check_member
 HTTP = "smokerdet/fetch.py"  # fetch._fetch_once
-CHECKPOINT = "smokerdet/checkpoint.py"  # atomic_write_bytes, save_model
-RESUME_FORMAT = "smokerdet/resume.py"  # write_resume_files
-LOOP = "smokerdet/loop.py"  # run_epoch, restore_progress, restore_phase
-ADAPT = "smokerdet/adapt.py"  # fit_head, adapt_head
+IO = "smokerdet/_io.py"  # atomic_write_bytes
+CHECKPOINT = "smokerdet/models/checkpoint.py"  # save_model, lock_holder
+RESUME = "smokerdet/training/resume.py"  # write_resume_files, restore_progress, restore_phase
+LOOP = "smokerdet/training/loop.py"  # run_epoch
+FULL = "smokerdet/training/recipes/full.py"  # fine_tune
+ADAPT = "smokerdet/training/recipes/head.py"  # fit_head, adapt_head
 ADAPT_TESTS = "tests/test_adapt.py"
 
 KILLS = "tests/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
 FSYNC = (
     "tests/test_reliability.py::test_every_file_of_a_save_is_fsynced_under_a_temp_name_then_renamed"
 )
-RESUME = "tests/test_reliability.py::test_resumed_run_ends_like_an_uninterrupted_one"
+RESUMED = "tests/test_reliability.py::test_resumed_run_ends_like_an_uninterrupted_one"
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="model-json-written-in-place",
-        file=CHECKPOINT,
+        file=IO,
         old='fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
         new=(
             'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
@@ -189,7 +191,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="weights-not-fsynced",
-        file=CHECKPOINT,
+        file=IO,
         old="os.fsync(f.fileno())",
         new='os.fsync(f.fileno()) if path.suffix != ".safetensors" else None',
         tests=(FSYNC,),
@@ -197,7 +199,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="weights-written-in-place",
-        file=CHECKPOINT,
+        file=IO,
         old='fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
         new=(
             'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
@@ -227,7 +229,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="resume-json-before-tensors",
-        file=RESUME_FORMAT,
+        file=RESUME,
         old=(
             "atomic_write_bytes(target / tensors_file, blob)\n"
             '        atomic_write_json(target / "state.json", info)'
@@ -241,30 +243,30 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="ema-restore-skipped",
-        file=LOOP,
+        file=RESUME,
         old='_load_prefixed(state.ema, saved.tensors, "ema.")',
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed run continues the EMA of the weights, not a fresh one",
     ),
     Mutation(
         id="optimizer-restore-skipped",
-        file=LOOP,
+        file=RESUME,
         old=(
             "state.optimizer.load_state_dict(\n"
             '        {"state": opt_state, "param_groups": saved.json["optimizer_param_groups"]}\n'
             "    )"
         ),
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed run continues the optimizer's moments, not fresh ones",
     ),
     Mutation(
         id="scheduler-restore-skipped",
-        file=LOOP,
+        file=RESUME,
         old='state.scheduler.load_state_dict({**saved.json["scheduler"], "lr_lambdas": [None]})',
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed run continues the learning-rate schedule where it was",
     ),
     Mutation(
@@ -272,7 +274,7 @@ MUTATIONS: list[Mutation] = [
         file=LOOP,
         old="data.train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)",
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed epoch shuffles the training images as the uninterrupted run did",
     ),
     Mutation(
@@ -280,16 +282,56 @@ MUTATIONS: list[Mutation] = [
         file=LOOP,
         old="seed_everything(cfg.seed * 1000 + epoch + 1_000_003 * state.world.rank)",
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed epoch draws the same augmentations as the uninterrupted run did",
     ),
     Mutation(
         id="resume-retrains-from-scratch",
-        file=LOOP,
+        file=RESUME,
         old="state.epoch = saved.epoch",
         new="state.epoch = 0",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed run runs only the epochs left, not all of them again",
+    ),
+    Mutation(
+        id="run-finished-before-its-familiarity",
+        file=FULL,
+        old=(
+            "        if distributed.current().is_main:\n"
+            "            artifacts.finish(folder, splits, run.state.history)\n"
+            "        loop.end_run(folder)"
+        ),
+        new=(
+            "        loop.end_run(folder)\n"
+            "        if distributed.current().is_main:\n"
+            "            artifacts.finish(folder, splits, run.state.history)"
+        ),
+        tests=(
+            "tests/test_reliability.py::test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume",
+        ),
+        proves="a run killed while it writes its familiarity stats is not finished: resume "
+        "writes them",
+    ),
+    Mutation(
+        id="last-epoch-leaves-no-resume-state",
+        file=LOOP,
+        old="        if state.world.is_main:\n            write_resume_state(state)",
+        new="        if state.world.is_main and state.epoch < phase.last:\n"
+        "            write_resume_state(state)",
+        tests=(
+            "tests/test_reliability.py::test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume",
+        ),
+        proves="the last epoch leaves a resume state too, until the folder is finished",
+    ),
+    Mutation(
+        id="remove-blind-to-a-live-run",
+        file=CHECKPOINT,
+        old="    if not lock_file.exists():\n        return None",
+        new="    return None",
+        tests=(
+            "tests/test_reliability.py::test_models_remove_refuses_while_another_process_trains_it",
+        ),
+        proves="`models remove` refuses a model whose lock a live training run holds",
     ),
     Mutation(
         id="adapt-forgets-rehearsal",

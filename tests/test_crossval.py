@@ -1,12 +1,13 @@
 """``smokerdet train --cv K``: folds, pooled out-of-fold threshold, the final model."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import TINY_TRAIN_ARGS, write_flat
 
 from smokerdet.cli import app
-from smokerdet.data import stratified_folds
+from smokerdet.data import Sample, stratified_folds
 from smokerdet.data.layout import find_dataset
 from smokerdet.errors import ConfigError
 from smokerdet.metrics import best_threshold, binary_metrics
@@ -71,6 +72,21 @@ def test_folds_are_stratified_disjoint_and_seeded(data):
     for fold in folds:
         assert {s.label for s in fold} == {0, 1}
     assert stratified_folds(samples, 3, seed=1) == folds != stratified_folds(samples, 3, seed=2)
+
+
+def test_folds_of_a_seed_stay_those_the_shipped_model_was_built_on():
+    """The shipped model's folds came from seed 7: the dealing order must never change."""
+    photos = [
+        Sample(Path(f"{prefix}_{i:02d}.jpg"), int(prefix == "smoking"))
+        for prefix in ("smoking", "notsmoking")
+        for i in range(5)
+    ]
+    folds = [[s.path.name for s in fold] for fold in stratified_folds(photos[::-1], 3, seed=7)]
+    assert folds == [
+        ["notsmoking_00.jpg", "notsmoking_02.jpg", "smoking_00.jpg", "smoking_01.jpg"],
+        ["notsmoking_03.jpg", "notsmoking_04.jpg", "smoking_03.jpg", "smoking_04.jpg"],
+        ["notsmoking_01.jpg", "smoking_02.jpg"],
+    ]
 
 
 @pytest.mark.parametrize(

@@ -56,10 +56,10 @@ def fit_familiarity_on_features(folder: Path, features: np.ndarray, weights_sha2
     rest calibrates the cut; too few rows for two halves fit and calibrate on all of them."""
     from smokerdet.inference import familiarity
 
-    order = np.random.default_rng(0).permutation(len(features))
-    fitted, held = features[order[::2]], features[order[1::2]]
-    if len(features) < 2 * familiarity.MIN_PHOTOS:
-        fitted, held = features, None
+    fitted, held = features, None
+    if len(features) >= 2 * familiarity.MIN_PHOTOS:
+        order = np.random.default_rng(0).permutation(len(features))
+        fitted, held = features[order[::2]], features[order[1::2]]
     try:
         stats = familiarity.fit(fitted, held, weights_sha256=weights_sha256)
     except ValueError as e:  # too few photos for the stats

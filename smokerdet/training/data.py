@@ -96,7 +96,7 @@ def make_train_loader(
 
     world = world or distributed.World()
     dataset = DecodedDataset(items, train_transform(data_cfg))
-    sampler = None
+    sampler: Any = None
     if world.distributed:
         sampler = DistributedSampler(
             dataset,  # type: ignore[arg-type]

@@ -1,6 +1,10 @@
 """Site adaptation with few photos: ``train --init M`` refits the head (smokerdet.adapt)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +77,24 @@ def test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold(
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 16 and all("familiar" in row for row in rows)
     assert "no familiarity" not in r.stderr and "belongs to other weights" not in r.stderr
+
+
+def test_a_head_run_killed_before_its_familiarity_stats_leaves_no_model(
+    runner, model_copy, tmp_path, smokerdet_home
+):
+    """The folder is built aside and moved into place whole: no model without its stats."""
+    site = _site(tmp_path)
+    cmd = [sys.executable, "-m", "smokerdet", *ADAPT, "--init", "tiny", "--data", str(site),
+           "--name", "site"]  # fmt: skip
+    env = {**os.environ, "SMOKERDET_FAULT": "familiarity.safetensors/opened:1"}
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == -signal.SIGKILL
+    assert not (smokerdet_home / "models" / "site").exists()
+    r = runner.invoke(app, ["models", "list", "--json"])
+    assert "site" not in [m["name"] for m in json.loads(r.stdout)]
+    r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site), "--name", "site"])
+    assert r.exit_code == 0, r.output  # the leftovers of the killed run are no obstacle
+    assert (smokerdet_home / "models" / "site" / "familiarity.safetensors").is_file()
+    assert not [p for p in (smokerdet_home / "models").iterdir() if "building" in p.name]
 
 
 def test_expected_accuracy_is_the_out_of_fold_scores_at_the_recipe_threshold(model_copy, tmp_path):

@@ -1,15 +1,17 @@
-"""Where a run starts: the model folder it claims (its name, checked free, locked), and the
-model whose weights it starts from."""
+"""Where a run starts: the model folder it claims (its name, checked free, locked), the
+model whose weights it starts from, and (for a folder built aside) how it is put in place."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smokerdet.errors import ConfigError
+from smokerdet.errors import CheckpointError, ConfigError
 from smokerdet.models import (
     check_arch,
     check_name,
@@ -60,6 +62,29 @@ def claim(name: str, stack: ExitStack, *, overwrite: bool = False, resume: bool 
         read_resume_state(folder)  # says what is wrong before any rank starts
     stack.enter_context(model_lock(folder))
     return folder
+
+
+def publish(built: Path, folder: Path) -> None:
+    """Put the finished model folder ``built`` (a hidden sibling) in place as ``folder``.
+
+    A model already there (``--overwrite``) is renamed aside first and deleted after: a kill
+    leaves the old model or the new one, whole, or between the two renames neither (the old
+    one then waits in a hidden folder beside them).
+
+    Raises:
+        CheckpointError: a folder could not be renamed.
+    """
+    aside = folder.with_name(f".{folder.name}.replaced-{os.getpid()}")
+    try:
+        if folder.exists():
+            os.replace(folder, aside)
+        os.replace(built, folder)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot put model {folder.name!r} in place: {e.strerror or e}",
+            hint=f"check the permissions of {folder.parent}",
+        ) from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @dataclass

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from smokerdet.models import REHEARSAL_FILE, Rehearsal, backbone_sha256, load_mo
 from smokerdet.training.artifacts import export_onnx, fit_familiarity_on_features
 from smokerdet.training.config import TrainConfig
 from smokerdet.training.report import TrainReporter, TrainResult
-from smokerdet.training.start import claim, run_name
+from smokerdet.training.start import claim, publish, run_name
 
 if TYPE_CHECKING:
     from smokerdet.models import ModelMeta
@@ -241,7 +242,12 @@ def adapt(cfg: TrainConfig, reporter: TrainReporter, splits: DatasetSplits) -> T
         )
     with ExitStack() as stack:
         folder = claim(run_name(cfg), stack, overwrite=cfg.overwrite)
-        meta, metrics, record = adapt_head(cfg, folder, splits)
+        # Built beside its place, then moved in whole: killed at any step, the run leaves no
+        # model without its familiarity stats or its ONNX twin.
+        building = folder.with_name(f".{folder.name}.building")
+        shutil.rmtree(building, ignore_errors=True)  # what a killed run left
+        meta, metrics, record = adapt_head(cfg, building, splits)
+        publish(building, folder)
     counts = {"site": class_counts(pooled)}
     return TrainResult(
         name=folder.name,
@@ -264,7 +270,8 @@ def adapt(cfg: TrainConfig, reporter: TrainReporter, splits: DatasetSplits) -> T
 def adapt_head(
     cfg: TrainConfig, folder: Path, splits: DatasetSplits
 ) -> tuple[ModelMeta, BinaryMetrics, dict[str, Any]]:
-    """Refit the init model's head on the site photos and save the model in ``folder``.
+    """Refit the init model's head on the site photos and save the model in ``folder``, with
+    its familiarity stats, rehearsal rows and ONNX twin.
 
     Returns:
         The saved model's meta, the cross-validated metrics of the site photos at the

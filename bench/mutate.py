@@ -334,6 +334,17 @@ MUTATIONS: list[Mutation] = [
         proves="`models remove` refuses a model whose lock a live training run holds",
     ),
     Mutation(
+        id="head-model-built-in-place",
+        file=ADAPT,
+        old="        meta, metrics, record = adapt_head(cfg, building, splits)\n"
+        "        publish(building, folder)",
+        new="        meta, metrics, record = adapt_head(cfg, folder, splits)",
+        tests=(
+            f"{ADAPT_TESTS}::test_a_head_run_killed_before_its_familiarity_stats_leaves_no_model",
+        ),
+        proves="a head run killed before its familiarity stats are written leaves no model",
+    ),
+    Mutation(
         id="adapt-forgets-rehearsal",
         file=ADAPT,
         old="loss = loss + rehearsal_weight * bce(reh[0] @ w + b, reh[1])",

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from sources import looked  # noqa: E402
 
-from smokerdet.data.layout import find_dataset  # noqa: E402
+from smokerdet.data.layout import Sample, find_dataset  # noqa: E402
 from smokerdet.inference.backend import open_engine  # noqa: E402
 from smokerdet.inference.familiarity import pooled_features  # noqa: E402
 from smokerdet.metrics import best_threshold, binary_metrics  # noqa: E402
@@ -219,7 +219,9 @@ def main() -> None:
             idx = np.r_[draw.choice(pool_pos, n // 2, replace=False),
                         draw.choice(pool_neg, n // 2, replace=False)]  # fmt: skip
             x, y = site_x[idx], site_y[idx]
-            fold = adapt.folds_for(y, 0, r)
+            fold = adapt.site_folds(
+                [Sample(Path(f"{i:06d}"), int(v)) for i, v in zip(idx, y, strict=True)], 0, r
+            )
             for name, reh in (("head", rows), ("head_no_rehearsal", None)):
                 oof = adapt.cross_validate_head(x, y, start, reh, fold)
                 t, picked = adapt.THRESHOLD, best_threshold(list(y), list(oof))

@@ -47,10 +47,11 @@ IMAGE_LOADER = "smokerdet/data/images.py"  # images.load_photo
 PREDICT = "smokerdet/scoring/predict.py"  # predict._generate
 ARCHIVES = "smokerdet/download/archives.py"  # archives._check_member
 HTTP = "smokerdet/download/fetch.py"  # fetch._fetch_once
-ATOMIC = "smokerdet/_io.py"  # atomic_write_bytes
-CHECKPOINT = "smokerdet/models/checkpoint.py"  # save_model
-RESUME_FORMAT = "smokerdet/training/resume.py"  # write_resume_files
-LOOP = "smokerdet/training/loop.py"  # run_epoch, restore_progress, restore_phase
+IO = "smokerdet/_io.py"  # atomic_write_bytes
+CHECKPOINT = "smokerdet/models/checkpoint.py"  # save_model, lock_holder
+RESUME = "smokerdet/training/resume.py"  # write_resume_files, restore_progress, restore_phase
+LOOP = "smokerdet/training/loop.py"  # run_epoch
+FULL = "smokerdet/training/recipes/full.py"  # fine_tune
 ADAPT = "smokerdet/training/recipes/head.py"  # fit_head, adapt_head
 ENGINE = "smokerdet/inference/engine.py"  # Engine.run
 SERVE = "smokerdet/serving/app.py"  # _build_app, Scorer.run
@@ -68,7 +69,7 @@ KILLS = "tests/test_reliability.py::test_kills_inside_every_write_leave_old_or_n
 FSYNC = (
     "tests/test_reliability.py::test_every_file_of_a_save_is_fsynced_under_a_temp_name_then_renamed"
 )
-RESUME = "tests/test_reliability.py::test_resumed_run_ends_like_an_uninterrupted_one"
+RESUMED = "tests/test_reliability.py::test_resumed_run_ends_like_an_uninterrupted_one"
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="model-json-written-in-place",
-        file=ATOMIC,
+        file=IO,
         old='fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
         new=(
             'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
@@ -227,7 +228,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="weights-not-fsynced",
-        file=ATOMIC,
+        file=IO,
         old="os.fsync(f.fileno())",
         new='os.fsync(f.fileno()) if path.suffix != ".safetensors" else None',
         tests=(FSYNC,),
@@ -235,7 +236,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="weights-written-in-place",
-        file=ATOMIC,
+        file=IO,
         old='fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
         new=(
             'fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
@@ -265,7 +266,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="resume-json-before-tensors",
-        file=RESUME_FORMAT,
+        file=RESUME,
         old=(
             "atomic_write_bytes(target / tensors_file, blob)\n"
             '        atomic_write_json(target / "state.json", info)'
@@ -279,30 +280,30 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         id="ema-restore-skipped",
-        file=LOOP,
+        file=RESUME,
         old='_load_prefixed(state.ema, saved.tensors, "ema.")',
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed run continues the EMA of the weights, not a fresh one",
     ),
     Mutation(
         id="optimizer-restore-skipped",
-        file=LOOP,
+        file=RESUME,
         old=(
             "state.optimizer.load_state_dict(\n"
             '        {"state": opt_state, "param_groups": saved.json["optimizer_param_groups"]}\n'
             "    )"
         ),
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed run continues the optimizer's moments, not fresh ones",
     ),
     Mutation(
         id="scheduler-restore-skipped",
-        file=LOOP,
+        file=RESUME,
         old='state.scheduler.load_state_dict({**saved.json["scheduler"], "lr_lambdas": [None]})',
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed run continues the learning-rate schedule where it was",
     ),
     Mutation(
@@ -310,7 +311,7 @@ MUTATIONS: list[Mutation] = [
         file=LOOP,
         old="data.train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)",
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed epoch shuffles the training images as the uninterrupted run did",
     ),
     Mutation(
@@ -318,16 +319,67 @@ MUTATIONS: list[Mutation] = [
         file=LOOP,
         old="seed_everything(cfg.seed * 1000 + epoch + 1_000_003 * state.world.rank)",
         new="pass",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed epoch draws the same augmentations as the uninterrupted run did",
     ),
     Mutation(
         id="resume-retrains-from-scratch",
-        file=LOOP,
+        file=RESUME,
         old="state.epoch = saved.epoch",
         new="state.epoch = 0",
-        tests=(RESUME,),
+        tests=(RESUMED,),
         proves="a resumed run runs only the epochs left, not all of them again",
+    ),
+    Mutation(
+        id="run-finished-before-its-familiarity",
+        file=FULL,
+        old=(
+            "        if distributed.current().is_main:\n"
+            "            artifacts.finish(folder, splits, run.state.history)\n"
+            "        loop.end_run(folder)"
+        ),
+        new=(
+            "        loop.end_run(folder)\n"
+            "        if distributed.current().is_main:\n"
+            "            artifacts.finish(folder, splits, run.state.history)"
+        ),
+        tests=(
+            "tests/test_reliability.py::test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume",
+        ),
+        proves="a run killed while it writes its familiarity stats is not finished: resume "
+        "writes them",
+    ),
+    Mutation(
+        id="last-epoch-leaves-no-resume-state",
+        file=LOOP,
+        old="        if state.world.is_main:\n            write_resume_state(state)",
+        new="        if state.world.is_main and state.epoch < phase.last:\n"
+        "            write_resume_state(state)",
+        tests=(
+            "tests/test_reliability.py::test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume",
+        ),
+        proves="the last epoch leaves a resume state too, until the folder is finished",
+    ),
+    Mutation(
+        id="remove-blind-to-a-live-run",
+        file=CHECKPOINT,
+        old="    if not lock_file.exists():\n        return None",
+        new="    return None",
+        tests=(
+            "tests/test_reliability.py::test_models_remove_refuses_while_another_process_trains_it",
+        ),
+        proves="`models remove` refuses a model whose lock a live training run holds",
+    ),
+    Mutation(
+        id="head-model-built-in-place",
+        file=ADAPT,
+        old="        meta, metrics, record = adapt_head(cfg, building, splits)\n"
+        "        publish(building, folder)",
+        new="        meta, metrics, record = adapt_head(cfg, folder, splits)",
+        tests=(
+            f"{ADAPT_TESTS}::test_a_head_run_killed_before_its_familiarity_stats_leaves_no_model",
+        ),
+        proves="a head run killed before its familiarity stats are written leaves no model",
     ),
     Mutation(
         id="adapt-forgets-rehearsal",

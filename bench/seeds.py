@@ -29,9 +29,12 @@ sys.path.insert(0, str(REPO / "scripts"))
 from build_default_model import RECIPE  # noqa: E402
 
 from smokerdet.cli import app  # noqa: E402
+from smokerdet.data import stratified_folds  # noqa: E402
 from smokerdet.metrics import best_threshold, binary_metrics  # noqa: E402
-from smokerdet.training.loop import find_splits  # noqa: E402
-from smokerdet.training.recipes.crossval import _run_fold, make_folds  # noqa: E402
+from smokerdet.models import pick_device  # noqa: E402
+from smokerdet.training import TrainReporter  # noqa: E402
+from smokerdet.training.data import find_splits  # noqa: E402
+from smokerdet.training.recipes.crossval import fold_run  # noqa: E402
 
 
 def recipe_config(data: Path, weights: Path) -> object:
@@ -65,12 +68,21 @@ def main() -> None:
     cfg = recipe_config(args.data, args.weights)
     splits = find_splits(cfg)
     pool = [*splits.train, *splits.val]
-    folds = make_folds(pool, cfg.cv, args.fold_seed)
+    folds = stratified_folds(pool, cfg.cv, args.fold_seed)
+    device = pick_device(cfg.device)
     runs = []
     for seed in args.seeds:
         for fold in args.folds:
             t0 = time.perf_counter()
-            run = _run_fold(replace(cfg, seed=seed), splits, folds, fold - 1, f"seed{seed}", None)
+            run = fold_run(
+                replace(cfg, seed=seed),
+                splits,
+                folds,
+                fold - 1,
+                f"seed{seed}",
+                TrainReporter(),
+                device,
+            )
             at_cv = binary_metrics(run.y, run.probs, args.threshold)
             own_t = best_threshold(run.y, run.probs)
             own = binary_metrics(run.y, run.probs, own_t)

@@ -24,7 +24,8 @@ import torch
 from smokerdet.data.datasets import decode_all
 from smokerdet.data.layout import find_dataset
 from smokerdet.models.build import create_model, resolve_data_config
-from smokerdet.training.loop import Stepper, make_train_loader
+from smokerdet.training.data import make_train_loader
+from smokerdet.training.loop import Stepper
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
 

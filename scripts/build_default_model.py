@@ -168,7 +168,7 @@ def wise_ft(model_dir: Path, weights: Path, alpha: float, data: Path) -> Path:
     from smokerdet.models.build import classifier_prefixes, create_model
     from smokerdet.models.checkpoint import save_model
     from smokerdet.models.registry import load_model
-    from smokerdet.training.loop import calibrate
+    from smokerdet.training.validation import calibrate
 
     tuned = load_model(model_dir)
     base = create_model(tuned.meta.arch, weights=weights).state_dict()
@@ -223,7 +223,7 @@ def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
     """Copy a trained model into the package (fp16) with build command and provenance."""
     from smokerdet.models.checkpoint import save_model
     from smokerdet.models.registry import load_model
-    from smokerdet.training.loop import as_saved
+    from smokerdet.training.validation import as_saved
 
     loaded = load_model(model_dir)
     meta = loaded.meta

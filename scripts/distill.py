@@ -31,9 +31,8 @@ import torch
 
 from smokerdet.models.build import create_model, pick_device
 from smokerdet.models.registry import load_model
-from smokerdet.training.config import TrainConfig
-from smokerdet.training.loop import EpochStats, Start, TrainReporter
-from smokerdet.training.train import train
+from smokerdet.training import EpochStats, TrainConfig, TrainReporter, TrainResult, train
+from smokerdet.training.start import Start
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/smoker-detection"
 
@@ -108,6 +107,7 @@ def main() -> None:
     result = train(
         cfg, PrintRows(), start=start, criterion=DistillLoss(tmodel, args.alpha, args.temperature)
     )
+    assert isinstance(result, TrainResult)  # a given start runs the full recipe
     m = result.val_metrics
     summary = f"val acc {m.accuracy:.4f} f1 {m.f1:.4f}" if m else "no validation split"
     print(f"best epoch {result.best_epoch}: {summary} at {result.threshold:.3f} -> {result.path}")

@@ -25,6 +25,7 @@ import textwrap
 
 from smokerdet.errors import ConfigError
 
+#: Where a model can run (``--device``): ``auto`` picks the first available of the others.
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -67,7 +68,13 @@ def _check_common(
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}")
-    if device not in DEVICES:
-        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    check_device(device)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` that is not one of :data:`DEVICES` (whether it is available here is
+    :func:`smokerdet.models.pick_device`'s question)."""
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -126,6 +127,9 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 def session(device: str = "cpu") -> Iterator[World]:
     """Join the process group torchrun asks for, for the duration of one command.
 
+    The one place a command joins it; the ranks other than the main one log only errors
+    meanwhile (the main rank talks to the user).
+
     Args:
         device: the resolved device; ``cuda`` selects ``nccl``, anything else ``gloo`` (the
             rows of predict travel between CPUs). Each rank uses the GPU of its local rank.
@@ -161,6 +165,10 @@ def session(device: str = "cpu") -> Iterator[World]:
     global _joined
     _joined = True
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    log = logging.getLogger("smokerdet")
+    level = log.level
+    if not world.is_main:
+        log.setLevel(logging.ERROR)
     try:
         yield world
     except Interrupted as e:
@@ -180,6 +188,7 @@ def session(device: str = "cpu") -> Iterator[World]:
         raise lost_ranks(world, e) from None
     finally:
         _flush_output()  # a SIGTERM from now on kills at once
+        log.setLevel(level)
         signal.signal(signal.SIGTERM, previous)
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -207,8 +216,6 @@ def hard_exit(code: object) -> NoReturn:
     """End the process now with ``code`` (as ``sys.exit`` reads it), skipping the interpreter's
     shutdown, for a process that :func:`joined_a_group`. Output is flushed first; files and
     locks were already closed by the command, and the OS releases the rest."""
-    import logging
-
     if code is None:
         status = 0
     elif isinstance(code, int):
@@ -235,19 +242,6 @@ def lost_ranks(world: World, e: BaseException, kept: str = "") -> DistributedErr
         hint="another rank failed or was stopped: see its message above; a rank silent for "
         f"longer than {TIMEOUT_ENV} seconds also ends the run",
     )
-
-
-def quiet_unless_main() -> bool:
-    """Whether this process is the main rank; the others log only errors from now on.
-
-    For commands: only the main rank draws progress and prints results.
-    """
-    import logging
-
-    main = world_from_env().is_main
-    if not main:
-        logging.getLogger("smokerdet").setLevel(logging.ERROR)
-    return main
 
 
 def threads_per_rank() -> int | None:
@@ -364,7 +358,6 @@ __all__ = [
     "joined_a_group",
     "lost_ranks",
     "on_main",
-    "quiet_unless_main",
     "session",
     "threads_per_rank",
     "world_from_env",

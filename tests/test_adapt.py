@@ -1,6 +1,10 @@
 """Site adaptation with few photos: ``train --init M`` refits the head (smokerdet.adapt)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +14,14 @@ from conftest import write_flat
 from safetensors.torch import load_file
 
 from smokerdet.cli import app
+from smokerdet.data import Sample
 from smokerdet.metrics import binary_metrics
 from smokerdet.models import rehearsal
 from smokerdet.models.checkpoint import read_meta
 from smokerdet.models.registry import load_model
-from smokerdet.training.config import TrainConfig
+from smokerdet.training import TrainConfig, train
 from smokerdet.training.recipes import head as adapt
-from smokerdet.training.recipes.head import HeadFit, fit_head, folds_for
-from smokerdet.training.train import train
+from smokerdet.training.recipes.head import HeadFit, fit_head, site_folds
 
 ADAPT = ["train", "--workers", "0", "--batch-size", "8"]
 
@@ -75,6 +79,24 @@ def test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold(
     assert "no familiarity" not in r.stderr and "belongs to other weights" not in r.stderr
 
 
+def test_a_head_run_killed_before_its_familiarity_stats_leaves_no_model(
+    runner, model_copy, tmp_path, smokerdet_home
+):
+    """The folder is built aside and moved into place whole: no model without its stats."""
+    site = _site(tmp_path)
+    cmd = [sys.executable, "-m", "smokerdet", *ADAPT, "--init", "tiny", "--data", str(site),
+           "--name", "site"]  # fmt: skip
+    env = {**os.environ, "SMOKERDET_FAULT": "familiarity.safetensors/opened:1"}
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == -signal.SIGKILL
+    assert not (smokerdet_home / "models" / "site").exists()
+    r = runner.invoke(app, ["models", "list", "--json"])
+    assert "site" not in [m["name"] for m in json.loads(r.stdout)]
+    r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site), "--name", "site"])
+    assert r.exit_code == 0, r.output  # the leftovers of the killed run are no obstacle
+    assert (smokerdet_home / "models" / "site" / "familiarity.safetensors").is_file()
+    assert not [p for p in (smokerdet_home / "models").iterdir() if "building" in p.name]
+
+
 def test_expected_accuracy_is_the_out_of_fold_scores_at_the_recipe_threshold(model_copy, tmp_path):
     """The library path, checked against a recomputation from the same pieces."""
     site = _site(tmp_path)
@@ -92,7 +114,8 @@ def test_expected_accuracy_is_the_out_of_fold_scores_at_the_recipe_threshold(mod
     start = HeadFit(c.weight.detach().double().numpy().ravel(), float(c.bias.detach()[0]))
     rows = rehearsal.load(init.path, init.meta)
     # Folds are seeded by --seed (42).
-    oof = adapt.cross_validate_head(x, y, start, rows, folds_for(y, 0, 42))
+    fold = site_folds([Sample(p, int(label)) for p, label in zip(samples, y, strict=True)], 0, 42)
+    oof = adapt.cross_validate_head(x, y, start, rows, fold)
     assert result.threshold == adapt.THRESHOLD == 0.5
     expected = binary_metrics(list(y), list(oof), 0.5)
     got = result.val_metrics
@@ -136,21 +159,22 @@ def test_a_site_of_one_class_is_a_clear_error(runner, model_copy, tmp_path):
         p.unlink()
     r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site)])
     assert r.exit_code == 1
-    assert "all of one class" in r.stderr and "Traceback" not in r.output
+    assert "Error: too few photos to train: each class needs at least 1 training photo" in r.stderr
+    assert " 0 not_smoking" in r.stderr and "Traceback" not in r.output
 
 
 def test_a_site_of_two_photos_is_a_clear_error(runner, model_copy, tmp_path):
     site = _site(tmp_path, n=1)
     r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site)])
     assert r.exit_code == 1, r.output
-    assert "Error: " in r.stderr and "holds 1 smoking and 1 not_smoking photos" in r.stderr
-    assert "adapting needs at least 2 of each class" in r.stderr and "Traceback" not in r.output
+    assert "Error: too few photos to adapt a model: each class needs at least 2" in r.stderr
+    assert "found 1 smoking, 1 not_smoking" in r.stderr and "Traceback" not in r.output
 
 
 def test_cv_larger_than_the_smallest_class_names_the_flag(runner, model_copy, tmp_path):
     site = _site(tmp_path, n=4)
     r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site), "--cv", "5"])
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 2, r.output  # a usage error, as with --cv for a fine-tune
     assert "--cv 5 is larger than the smallest class" in r.stderr and "--cv 4 or less" in r.stderr
 
 
@@ -202,13 +226,18 @@ def test_a_strong_pull_leaves_the_head_where_it_was():
     )
 
 
+def _samples(labels: list[int]) -> list[Sample]:
+    return [Sample(Path(f"p{i:03d}.jpg"), label) for i, label in enumerate(labels)]
+
+
 def test_folds_are_stratified_and_capped_by_the_smallest_class():
     y = np.array([1] * 3 + [0] * 20)
-    fold = folds_for(y, 0, 0)
+    fold = site_folds(_samples(y.tolist()), 0, 0)
     assert fold.max() + 1 == 3
     for i in range(3):
         assert (y[fold == i] == 1).sum() == 1
-    assert folds_for(np.array([1] * 30 + [0] * 30), 0, 0).max() + 1 == adapt.MAX_FOLDS
+    assert site_folds(_samples([1] * 30 + [0] * 30), 0, 0).max() + 1 == adapt.MAX_FOLDS
+    assert site_folds(_samples([1] * 30 + [0] * 30), 4, 0).max() + 1 == 4  # --cv 4
 
 
 def test_fine_tuning_flags_the_head_recipe_does_not_use_are_named(runner, model_copy, tmp_path):

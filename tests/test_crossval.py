@@ -1,18 +1,23 @@
 """``smokerdet train --cv K``: folds, pooled out-of-fold threshold, the final model."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import TINY_TRAIN_ARGS, write_flat
 
 from smokerdet.cli import app
+from smokerdet.data import Sample, stratified_folds
 from smokerdet.data.layout import find_dataset
 from smokerdet.errors import ConfigError
 from smokerdet.metrics import best_threshold, binary_metrics
-from smokerdet.training.config import TrainConfig
-from smokerdet.training.loop import TrainingInterrupted, TrainReporter
-from smokerdet.training.recipes.crossval import cross_validate, make_folds
-from smokerdet.training.train import resume_training
+from smokerdet.training import (
+    TrainConfig,
+    TrainingInterrupted,
+    TrainReporter,
+    cross_validate,
+    resume_training,
+)
 
 
 @pytest.fixture
@@ -62,11 +67,26 @@ def test_cv_table_shows_folds_and_mean_sd(runner, data):
 
 def test_folds_are_stratified_disjoint_and_seeded(data):
     samples = find_dataset(data).train
-    folds = make_folds(samples, 3, seed=1)
+    folds = stratified_folds(samples, 3, seed=1)
     assert sorted(str(s.path) for f in folds for s in f) == sorted(str(s.path) for s in samples)
     for fold in folds:
         assert {s.label for s in fold} == {0, 1}
-    assert make_folds(samples, 3, seed=1) == folds != make_folds(samples, 3, seed=2)
+    assert stratified_folds(samples, 3, seed=1) == folds != stratified_folds(samples, 3, seed=2)
+
+
+def test_folds_of_a_seed_stay_those_the_shipped_model_was_built_on():
+    """The shipped model's folds came from seed 7: the dealing order must never change."""
+    photos = [
+        Sample(Path(f"{prefix}_{i:02d}.jpg"), int(prefix == "smoking"))
+        for prefix in ("smoking", "notsmoking")
+        for i in range(5)
+    ]
+    folds = [[s.path.name for s in fold] for fold in stratified_folds(photos[::-1], 3, seed=7)]
+    assert folds == [
+        ["notsmoking_00.jpg", "notsmoking_02.jpg", "smoking_00.jpg", "smoking_01.jpg"],
+        ["notsmoking_03.jpg", "notsmoking_04.jpg", "smoking_03.jpg", "smoking_04.jpg"],
+        ["notsmoking_01.jpg", "smoking_02.jpg"],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -93,7 +113,7 @@ def test_cv_larger_than_smallest_class_gives_the_counts(runner, tmp_path):
     assert r.exit_code == 2, r.output
     pool = find_dataset(data, seed=42)
     n = sum(s.label for s in pool.train + pool.val)
-    assert f"hold {n} smoking and" in r.stderr
+    assert f"found {n} smoking, {len(pool.train + pool.val) - n} not_smoking" in r.stderr
     assert "Hint: use --cv" in r.stderr
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,37 @@ def test_sigint_to_the_launcher_leaves_a_resumable_run(tmp_path):
     assert result["epochs_run"] == 5
     assert load_model(str(home / "models" / "cut")).meta.arch == "resnet10t"
     assert not (home / "models" / "cut" / "resume").exists()
+
+
+def test_cv_and_the_head_recipe_under_torchrun_write_one_model_each(ddp, tmp_path):
+    """The recipe is chosen once, inside the process group: --cv trains its fold models and its
+    final one data-parallel (one rank writes, scores and removes the folds), and the head
+    recipe refits on one rank and hands its result to the other."""
+    home, data = tmp_path / "home", ddp["data"]
+    shutil.copytree(ddp["home"] / "models" / "a", home / "models" / "a")
+    args = [*TRAIN, "--epochs", "1", "--data", str(data), "--name", "cvd", "--cv", "2", "--json"]
+    r = launch(args, home)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)  # one JSON document: only rank 0 prints
+    assert out["cv"]["k"] == 2 and len(out["cv"]["oof"]) == 20  # every train+val photo, once
+    meta = json.loads((home / "models" / "cvd" / "model.json").read_text())
+    assert meta["threshold"] == out["threshold"] == out["cv"]["threshold"]
+    assert (home / "models" / "cvd" / "familiarity.safetensors").is_file()
+
+    site = write_flat(tmp_path / "site", n_per_class=6)
+    r = launch(
+        [*TRAIN[:1], "--workers", "0", "--init", "a", "--data", str(site), "--name", "s", "--json"],
+        home,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["recipe"] == "head"
+    assert r.stderr.count("Adapting a head-only") == 1
+    assert sorted(p.name for p in (home / "models").iterdir() if not p.name.startswith(".")) == [
+        "a",
+        "cvd",
+        "s",
+    ]
+    assert not [p for p in (home / "models").iterdir() if "fold" in p.name]
 
 
 # ---------------------------------------------------------------------------------------------

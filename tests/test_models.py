@@ -117,10 +117,3 @@ def test_remove_a_model_that_is_the_default(model_copy):
     assert not default_choice_file().exists()
     assert resolve_model(None)[0] == "default"
     assert [m.name for m in list_models()] == ["default"]
-
-
-def test_remove_refuses_a_model_being_trained(model_copy):
-    (model_copy.parent / ".tiny.lock").write_text(str(os.getpid()))
-    with pytest.raises(ConfigError, match=rf"training run \(pid {os.getpid()}\)"):
-        remove_model("tiny")
-    assert (model_copy / "model.json").is_file()

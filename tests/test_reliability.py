@@ -31,12 +31,17 @@ from filelock import FileLock
 from smokerdet import faults
 from smokerdet.cli import app
 from smokerdet.errors import CheckpointError
+from smokerdet.inference.familiarity import FAMILIARITY_FILE
 from smokerdet.models.checkpoint import META_FILE, WEIGHTS_FILE, model_lock, save_model
 from smokerdet.models.registry import load_model
-from smokerdet.training.config import TrainConfig
-from smokerdet.training.loop import TrainingInterrupted, TrainReporter
+from smokerdet.training import (
+    TrainConfig,
+    TrainingInterrupted,
+    TrainReporter,
+    resume_training,
+    train,
+)
 from smokerdet.training.resume import RESUME_DIR, read_resume_state, write_resume_files
-from smokerdet.training.train import resume_training, train
 
 
 def tiny(data: Path, name: str, epochs: int = 3, workers: int = 0) -> TrainConfig:
@@ -295,20 +300,25 @@ def aim(ref: Reference) -> list[tuple[int, int]]:
     Every point of every write in the first epoch that replaces a saved model; in the others,
     a step in the middle of the epoch and the moment the resume state is complete (or, in the
     last epoch, the new model). Each epoch's last kill lands once its resume state is in
-    place, so every run starts in the epoch its kill aims at.
+    place, so every run starts in the epoch its kill aims at. (The last epoch's resume state
+    is that of a run finishing its folder: see
+    :func:`test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume`.)
     """
     full = next(e for e, seg in enumerate(ref.segments, 1) if "save_model/previous-kept" in seg)
+    last = len(ref.segments)
     plan = []
     for epoch, seg in enumerate(ref.segments, 1):
         steps = [i for i, p in enumerate(seg) if p == "train/step"]
         if epoch > 1:
             plan.append((epoch, steps[len(steps) // 2]))
+        if epoch == last:  # its points up to the new model; after it, the run finishes
+            seg = seg[: seg.index(f"{META_FILE}/renamed") + 1]
         plan += [
             (epoch, i)
             for i, p in enumerate(seg)
             if p not in ("epoch/start", "train/step")
             and (epoch == full or p in ("state.json/renamed", f"{META_FILE}/renamed"))
-            and (epoch in (full, len(ref.segments)) or p == "state.json/renamed")
+            and (epoch in (full, last) or p == "state.json/renamed")
         ]
     return plan
 
@@ -378,6 +388,35 @@ def test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill(
     print("\nkill points:", sum(landed.values()), dict(sorted(landed.items())))
 
 
+def test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume(
+    run_server, reference, smokerdet_home
+):
+    """After its last epoch a run writes its familiarity stats, then removes its resume state:
+    killed in between, it is not finished, and its resume writes what was missing."""
+    ref, folder = reference, smokerdet_home / "models" / "k"
+    last = ref.segments[-1]
+    stats = f"{FAMILIARITY_FILE}/opened"
+    assert last.index("state.json/renamed") < last.index(stats)  # the state comes first
+    status = run_server.run(
+        smokerdet_home, fault=f"{stats}:1", resume=False, name="k", config=ref.config,
+        out=str(smokerdet_home / "out.json"),
+    )  # fmt: skip
+    assert status == -signal.SIGKILL
+    assert read_resume_state(folder).epoch == len(ref.segments)
+    assert not (folder / FAMILIARITY_FILE).exists()
+
+    final = smokerdet_home / "final.json"
+    status = run_server.run(smokerdet_home, resume=True, name="k", config={}, out=str(final))
+    assert status == 0
+    got, want = json.loads(final.read_text()), ref.done
+    assert got["epochs"] == [] and got["losses"] == []  # every epoch had run
+    for key in ("best_epoch", "epochs_run", "threshold", "val_metrics", "stopped_early"):
+        assert got["result"][key] == want["result"][key], key
+    assert comparable(got["result"]["history"]) == comparable(want["result"]["history"])
+    assert same_version(load_model(folder), want["saved"][-1])
+    assert (folder / FAMILIARITY_FILE).is_file() and not (folder / RESUME_DIR).exists()
+
+
 def test_every_file_of_a_save_is_fsynced_under_a_temp_name_then_renamed(model_copy, monkeypatch):
     """What a kill cannot show, a power cut would: each final file appears only by renaming a
     temp file of the same folder that was fsynced first."""
@@ -430,6 +469,55 @@ def test_a_second_run_on_the_same_name_is_refused_and_a_stale_lock_is_not(
     (models / ".stale.lock").write_text(str(dead.pid))
     cfg = tiny(flat_data, "stale", epochs=1)
     assert train(cfg).name == "stale"
+
+
+# A training run's hold on a model, in a process of its own: it takes the lock, says so, and
+# keeps it until its stdin closes.
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from smokerdet.models.checkpoint import model_lock
+with model_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _hold(folder: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_models_remove_refuses_while_another_process_trains_it(runner, model_copy):
+    holder = _hold(model_copy)
+    try:
+        r = runner.invoke(app, ["models", "remove", "tiny"])
+        assert r.exit_code == 2, r.output
+        assert f"Error: a training run (pid {holder.pid}) is writing model 'tiny'" in r.stderr
+        assert "Hint: wait for it to finish or stop it, then remove the model" in r.stderr
+        assert (model_copy / META_FILE).is_file()
+    finally:
+        holder.communicate("")  # the run ends: its lock goes with it
+    assert not (model_copy.parent / ".tiny.pid").exists()
+    r = runner.invoke(app, ["models", "remove", "tiny"])
+    assert r.exit_code == 0, r.output
+    assert not model_copy.exists()
+
+
+def test_a_killed_runs_leftover_process_id_does_not_block_models_remove(runner, model_copy):
+    holder = _hold(model_copy)
+    holder.kill()  # SIGKILL: its .tiny.pid stays behind, its lock does not
+    holder.communicate()
+    assert (model_copy.parent / ".tiny.pid").read_text() == f"{holder.pid}\n"
+    r = runner.invoke(app, ["models", "remove", "tiny"])
+    assert r.exit_code == 0, r.output
+    assert not model_copy.exists()
 
 
 def test_a_failed_write_keeps_the_previous_model(runner, model_copy, flat_data, monkeypatch):

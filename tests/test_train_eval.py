@@ -146,7 +146,7 @@ def test_pretrained_unavailable_offline_fails_with_hint(runner, flat_data):
 
 def test_init_starts_from_the_given_weights(runner, model_copy, flat_data):
     from smokerdet.training.config import TrainConfig
-    from smokerdet.training.loop import build_start
+    from smokerdet.training.start import build_start
 
     start = build_start(TrainConfig(init=str(model_copy)))
     base = load_model(model_copy)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperArgument, TyperCommand
 
-from smokerdet.config import field_help
+from smokerdet.config import DEVICES, field_help
 from smokerdet.scoring import EvalConfig, ScoringConfig
 
 #: Metavars for numbers, instead of Typer's Python type names (``<int>``, ``<float>``).
@@ -55,11 +55,8 @@ def option(config: type, field: str, *decls: str, **kwargs: Any) -> Any:
     return typer.Option(*(decls or (flag,)), help=field_help(config)[field], **kwargs)
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
+#: ``--device``'s choices: :data:`smokerdet.config.DEVICES`.
+Device = Enum("Device", {d: d for d in DEVICES}, type=str)  # type: ignore[misc]
 
 
 class Backend(str, Enum):
@@ -79,7 +76,7 @@ ModelOpt = Annotated[
     str | None, option(ScoringConfig, "model", "--model", "-m", metavar="NAME|PATH")
 ]
 DataOpt = Annotated[Path | None, option(EvalConfig, "data", "--data", "-d", metavar="DIR")]
-DeviceOpt = Annotated[Device, option(ScoringConfig, "device", metavar="[auto|cpu|cuda|mps]")]
+DeviceOpt = Annotated[Device, option(ScoringConfig, "device", metavar=f"[{'|'.join(DEVICES)}]")]
 BackendOpt = Annotated[Backend, option(ScoringConfig, "backend", metavar="[auto|onnx|torch]")]
 ThresholdOpt = Annotated[float | None, option(ScoringConfig, "threshold")]
 ScoreBatchOpt = Annotated[int, option(ScoringConfig, "batch_size", "--batch-size", "-b")]

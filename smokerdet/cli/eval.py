@@ -130,10 +130,9 @@ def eval_(
         backend=backend.value,
         seed=seed,
     )
-    main_rank = distributed.quiet_unless_main()
-    with distributed.session("cpu"):  # under torchrun, ranks share the split (gloo)
+    with distributed.session("cpu") as world:  # under torchrun, ranks share the split (gloo)
         report = evaluate(cfg)
-    if main_rank:
+    if world.is_main:
         print_json(report.to_dict()) if json_out else render_eval(report)
         if plots is not None:
             _plot(report, plots)

@@ -224,7 +224,7 @@ def _scaled(
         raise ConfigError("--output writes every row as JSON Lines: drop --csv and --only")
     part = parse_shard(shard) if shard is not None else None
     with distributed.session("cpu") as world:  # gloo: the rows travel between CPUs
-        main = distributed.quiet_unless_main()
+        main = world.is_main
         inputs = distributed.on_main(lambda: _expand(paths, cfg.recursive))
         run = predict_shard(
             inputs,

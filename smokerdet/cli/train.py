@@ -96,68 +96,37 @@ def train(
     \b
         smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
     """
+    # Every parameter but these two is the TrainConfig field of the same name.
+    options = {k: v for k, v in locals().items() if k not in ("resume", "json_out")}
+    from smokerdet import distributed
     from smokerdet.cli._output import RichTrainReporter, print_json, render_cv, render_train, say
-    from smokerdet.distributed import quiet_unless_main
     from smokerdet.errors import ConfigError
-    from smokerdet.training import (
-        CVResult,
-        TrainReporter,
-        TrainResult,
-        cross_validate,
-        resume_training,
-    )
+    from smokerdet.training import CVResult, TrainResult, resume_training
     from smokerdet.training import train as run_train
 
-    main_rank = quiet_unless_main()
-    reporter = RichTrainReporter() if main_rank else TrainReporter()
     result: TrainResult | CVResult
-    if resume is not None:
-        if cv:
-            raise ConfigError(
-                "--cv and --resume can't be combined: --resume continues an interrupted run "
-                "with that run's own options",
-                hint="drop --cv to resume, or start a new --cv run without --resume",
-            )
-        result = resume_training(resume, reporter)
+    if resume is None:
+        result = run_train(C(**{**options, "device": device.value}), RichTrainReporter())
+    elif cv:
+        raise ConfigError(
+            "--cv and --resume can't be combined: --resume continues an interrupted run "
+            "with that run's own options",
+            hint="drop --cv to resume, or start a new --cv run without --resume",
+        )
     else:
-        cfg = C(
-            arch=arch,
-            data=data,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            img_size=img_size,
-            pretrained=pretrained,
-            weights=weights,
-            init=init,
-            seed=seed,
-            name=name,
-            overwrite=overwrite,
-            patience=patience,
-            device=device.value,
-            workers=workers,
-            lp_epochs=lp_epochs,
-            label_smoothing=label_smoothing,
-            tta=tta,
-            ema=ema,
-            half=half,
-            cv=cv,
-            recipe=recipe,
-        )
-        result = cross_validate(cfg, reporter) if cfg.cv else run_train(cfg, reporter)
-    if main_rank:
-        if json_out:
-            print_json(result.to_dict())
-        elif isinstance(result, CVResult):
-            render_cv(result)
-        elif result.recipe == "head":
-            render_train(result, threshold_from="the balanced head's cut")
-        else:
-            render_train(result)
-        final = result.final if isinstance(result, CVResult) else result
-        say(
-            f"use it with: smokerdet predict --model {final.name} PHOTOS... "
-            f"or smokerdet models default {final.name}"
-        )
+        result = resume_training(resume, RichTrainReporter())
+    if not distributed.world_from_env().is_main:
+        return  # the main rank reports
+    if json_out:
+        print_json(result.to_dict())
+    elif isinstance(result, CVResult):
+        render_cv(result)
+    elif result.recipe == "head":
+        render_train(result, threshold_from="the balanced head's cut")
+    else:
+        render_train(result)
+    final = result.final if isinstance(result, CVResult) else result
+    say(
+        f"use it with: smokerdet predict --model {final.name} PHOTOS... "
+        f"or smokerdet models default {final.name}"
+    )

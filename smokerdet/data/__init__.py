@@ -6,6 +6,7 @@ docs/architecture.md.
 
 from smokerdet.data.augment import eval_transform, train_transform
 from smokerdet.data.datasets import DecodedDataset, ImageFileDataset, decode_all
+from smokerdet.data.folds import check_per_class, class_counts, stratified_folds, stratified_split
 from smokerdet.data.images import (
     MAX_IMAGE_PIXELS,
     DataConfig,
@@ -39,6 +40,8 @@ __all__ = [
     "ResizeMode",
     "SPLITS",
     "Sample",
+    "check_per_class",
+    "class_counts",
     "decode_all",
     "eval_transform",
     "find_dataset",
@@ -49,6 +52,8 @@ __all__ = [
     "load_photo",
     "preprocess",
     "resolve_data_root",
+    "stratified_folds",
+    "stratified_split",
     "train_transform",
     "view_of",
 ]

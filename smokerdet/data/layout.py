@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smokerdet.data.folds import stratified_split
+from smokerdet.data.folds import check_per_class, class_counts, stratified_split
 from smokerdet.errors import DatasetLayoutError, DatasetNotFoundError
 from smokerdet.paths import default_dataset_dir
 
@@ -193,22 +193,21 @@ def _carve_validation(
         DatasetLayoutError: ``need_val`` and a class has too few photos to leave
             ``MIN_VAL_PER_CLASS`` for validation and ``MIN_TRAIN_PER_CLASS`` for training.
     """
-    per_class = {
-        name: sum(s.label == label for s in train)
-        for label, name in ((1, "smoking"), (0, "not_smoking"))
-    }
     needed = MIN_VAL_PER_CLASS + MIN_TRAIN_PER_CLASS
-    if min(per_class.values()) < needed:
-        found = ", ".join(f"{n} {name}" for name, n in per_class.items())
-        where = " after the test split is held out" if after_test else ""
-        if need_val:
-            raise DatasetLayoutError(
-                f"too few photos to hold out a validation split: each class needs at least "
-                f"{needed} training photos{where} ({MIN_VAL_PER_CLASS} to validate and pick "
-                f"the decision threshold, {MIN_TRAIN_PER_CLASS} to train); found {found}",
-                hint="add photos of the short class, or give a validation folder "
-                "(val/ or Validation/) next to the training one",
-            )
+    if need_val:
+        check_per_class(
+            train,
+            needed,
+            purpose="to hold out a validation split",
+            photos="training photos" + (" after the test split is held out" if after_test else ""),
+            why=f" ({MIN_VAL_PER_CLASS} to validate and pick the decision threshold, "
+            f"{MIN_TRAIN_PER_CLASS} to train)",
+            hint="add photos of the short class, or give a validation folder "
+            "(val/ or Validation/) next to the training one",
+        )
+    counts = class_counts(train)
+    if min(counts.values()) < needed:
+        found = ", ".join(f"{n} {name}" for name, n in counts.items())
         rest, val = stratified_split(train, VAL_FRACTION, seed)
         return rest, val, f"too few photos for a full validation split ({found})"
     rest, val = stratified_split(train, VAL_FRACTION, seed, minimum=MIN_VAL_PER_CLASS)

@@ -179,23 +179,24 @@ def resolve_data_config(
 
 
 def pick_device(device: str = "auto") -> str:
-    """Resolve ``auto`` to ``cuda``, ``mps`` or ``cpu``; check an explicit choice exists."""
+    """Resolve ``auto`` to ``cuda``, ``mps`` or ``cpu``; check an explicit choice exists.
+
+    Raises:
+        ConfigError: ``device`` is not one of :data:`smokerdet.config.DEVICES`, or is not
+            available on this machine.
+    """
     import torch
 
+    from smokerdet.config import check_device
     from smokerdet.errors import ConfigError
 
+    check_device(device)
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if device == "cuda" and not cuda:
         raise ConfigError("--device cuda: no CUDA device is available", hint="use --device cpu")
-    if device == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+    if device == "mps" and not mps:
         raise ConfigError("--device mps: MPS is not available here", hint="use --device cpu")
-    if device not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device must be auto, cpu, cuda or mps, not {device!r}")
     return device

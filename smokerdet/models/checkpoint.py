@@ -138,20 +138,28 @@ def check_name(name: str) -> None:
         )
 
 
+def lock_files(folder: Path) -> tuple[Path, Path]:
+    """The lock of a model folder and the file naming its holder: ``.NAME.lock`` and
+    ``.NAME.pid``, beside the folder (so that removing the folder leaves the lock alone)."""
+    return folder.parent / f".{folder.name}.lock", folder.parent / f".{folder.name}.pid"
+
+
 @contextlib.contextmanager
 def model_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on a model folder while one training run writes it.
 
     The operating system drops the lock when its process dies (a crash, SIGKILL), so a lock
-    left behind never blocks the next run.
+    left behind never blocks the next run. While it is held, ``.NAME.pid`` names the holder's
+    process (see :func:`lock_holder`).
 
     Raises:
         ConfigError: another run holds the lock on this model name.
     """
     from filelock import FileLock, Timeout
 
+    lock_file, pid_file = lock_files(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder.parent / f".{folder.name}.lock", timeout=0)
+    lock = FileLock(lock_file, timeout=0)
     try:
         lock.acquire()
     except Timeout:
@@ -160,9 +168,40 @@ def model_lock(folder: Path) -> Iterator[None]:
             hint="wait for it to finish, or choose another --name",
         ) from None
     try:
+        # filelock truncates the lock file and writes nothing into it: the id goes beside it,
+        # renamed into place so no reader sees half a number (not fsynced: after a crash the
+        # lock is free, and then the file means nothing).
+        tmp = pid_file.with_name(f"{pid_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, pid_file)
         yield
     finally:
+        pid_file.unlink(missing_ok=True)
         lock.release()
+
+
+def lock_holder(folder: Path) -> int | None:
+    """Whether a live run holds ``folder``'s :func:`model_lock`: its process id, 0 when it has
+    not written it yet, None when no run holds the lock.
+
+    The lock itself answers, from any process: the operating system drops it with its holder,
+    so a killed run's files left behind do not count.
+    """
+    from filelock import FileLock, Timeout
+
+    lock_file, pid_file = lock_files(folder)
+    if not lock_file.exists():
+        return None
+    probe = FileLock(lock_file, timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        try:
+            return int(pid_file.read_text())
+        except (OSError, ValueError):
+            return 0
+    probe.release()
+    return None
 
 
 def save_model(folder: Path, model: Any, meta: ModelMeta, *, half: bool = False) -> Path:

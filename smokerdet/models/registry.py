@@ -32,6 +32,7 @@ from smokerdet.models.checkpoint import (
     META_FILE,
     LoadedModel,
     ModelMeta,
+    lock_holder,
     matching_weights,
     read_meta,
 )
@@ -321,17 +322,6 @@ def reset_default() -> ModelInfo:
     return _find(SHIPPED_NAME)
 
 
-def _training_pid(name: str) -> int | None:
-    """PID of a live training run holding the model's lock (see ``train.ModelLock``)."""
-    lock = models_dir() / f".{name}.lock"
-    try:
-        pid = int(lock.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
 def remove_model(name: str) -> ModelInfo:
     """Delete a trained model's folder; returns what it was.
 
@@ -351,10 +341,10 @@ def remove_model(name: str) -> ModelInfo:
             "(see `smokerdet models list`)",
         )
     info = _find(name)
-    pid = _training_pid(name)
+    pid = lock_holder(info.path)  # the lock itself: no stale process id can fool it
     if pid is not None:
         raise ConfigError(
-            f"a training run (pid {pid}) is writing model {name!r}",
+            f"a training run{f' (pid {pid})' if pid else ''} is writing model {name!r}",
             hint="wait for it to finish or stop it, then remove the model",
         )
     trash = info.path.with_name(f".removing-{name}-{os.getpid()}")

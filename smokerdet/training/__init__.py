@@ -1,13 +1,14 @@
-"""Training: the loop, validation, resume, and the recipes (full fine-tune, head refit, cross-validation).
+"""Training: the recipes (full fine-tune, head refit, cross-validation) over one epoch loop,
+with validation, resume and the files a finished run writes.
 
 Other packages import this one through this module; its modules are listed in
 docs/architecture.md.
 """
 
 from smokerdet.training.config import TrainConfig
-from smokerdet.training.loop import EpochStats, TrainReporter
 from smokerdet.training.recipes.crossval import CVResult, cross_validate
-from smokerdet.training.train import TrainResult, resume_training, train
+from smokerdet.training.report import EpochStats, TrainingInterrupted, TrainReporter, TrainResult
+from smokerdet.training.train import resume_training, train
 
 __all__ = [
     "CVResult",
@@ -15,6 +16,7 @@ __all__ = [
     "TrainConfig",
     "TrainReporter",
     "TrainResult",
+    "TrainingInterrupted",
     "cross_validate",
     "resume_training",
     "train",

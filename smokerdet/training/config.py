@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from smokerdet.config import RECIPES, _check_common
 from smokerdet.errors import ConfigError, SmokerdetError
@@ -114,6 +115,10 @@ class TrainConfig:
 
             check_name(self.name)
         self._decide_start()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-able values (paths as strings), as ``model.json`` records them."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     def _decide_start(self) -> None:
         """Settle ``arch`` and ``pretrained``: the one place that decides where training starts."""

@@ -1,9 +1,11 @@
-"""The resumable state of an interrupted training run: safetensors for the tensors, JSON for
-the rest, no pickle.
+"""The resumable state of a training run: what goes into it, and its format (safetensors for
+the tensors, JSON for the rest, no pickle).
 
-It lives in ``<model folder>/resume/`` while a run trains: ``state.json`` names a tensors file
-``state-EPOCH.safetensors`` and its SHA-256, so a torn pair is refused rather than used. What
-goes into it is :func:`smokerdet.training.loop.write_resume_state`'s business; this module is the format.
+It lives in ``<model folder>/resume/`` while a run trains, written after every epoch (the last
+one too, so that a run killed while it writes its final files can finish them on resume) and
+removed once the run is complete: a model folder without it is finished. ``state.json`` names a
+tensors file ``state-EPOCH.safetensors`` and its SHA-256, so a torn pair is refused rather than
+used.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smokerdet._io import atomic_write_bytes, atomic_write_json
 from smokerdet.errors import CheckpointError, ModelNotFoundError
 from smokerdet.models import META_FILE
+from smokerdet.training.report import EpochStats
+
+if TYPE_CHECKING:
+    from smokerdet.training.state import LoopState
 
 #: Where the resumable state lives inside a model folder while training runs.
 RESUME_DIR = "resume"
@@ -95,3 +101,70 @@ def read_resume_state(folder: Path) -> ResumeState:
             f"resume state of {folder.name!r} is torn (tensors do not match state.json)"
         )
     return ResumeState(json=info, tensors=load(blob))
+
+
+# ---------------------------------------------------------------------------------------------
+# What goes into it
+
+
+def _cpu(tensors: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _load_prefixed(module: Any, tensors: dict[str, Any], prefix: str) -> None:
+    module.load_state_dict(
+        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    )
+
+
+def write_resume_state(state: LoopState) -> None:
+    """Atomically write everything needed to continue after ``state.epoch``."""
+    tensors = _cpu(state.model.state_dict(), "model.")
+    if state.ema is not None:
+        tensors.update(_cpu(state.ema.state_dict(), "ema."))
+    opt = state.optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        tensors.update(_cpu(st, f"opt.{pid}."))
+    info = {
+        "epoch": state.epoch,
+        "config": state.cfg.to_dict(),
+        "meta": state.meta.to_dict(),
+        "optimizer_param_groups": opt["param_groups"],
+        "scheduler": {k: v for k, v in state.scheduler.state_dict().items() if k != "lr_lambdas"},
+        "best": list(state.best) if state.best else None,
+        "best_epoch": state.best_epoch,
+        "stale": state.stale,
+        "stopped_early": state.stopped_early,
+        "history": [asdict(h) for h in state.history],
+    }
+    write_resume_files(state.folder, info, tensors)
+
+
+def restore_model(model: Any, saved: ResumeState) -> None:
+    """The weights of the interrupted run, as they were after its last finished epoch."""
+    _load_prefixed(model, saved.tensors, "model.")
+
+
+def restore_progress(state: LoopState, saved: ResumeState) -> None:
+    """The epoch count, history and early-stopping record of the interrupted run."""
+    state.epoch = saved.epoch
+    state.history = [EpochStats(**h) for h in saved.json["history"]]
+    best = saved.json["best"]
+    state.best = (float(best[0]), float(best[1])) if best else None
+    state.best_epoch, state.stale = saved.json["best_epoch"], saved.json["stale"]
+    state.stopped_early = bool(saved.json.get("stopped_early", False))
+
+
+def restore_phase(state: LoopState, saved: ResumeState) -> None:
+    """The optimiser, schedule and EMA of the phase the run was interrupted in."""
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in saved.tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    state.optimizer.load_state_dict(
+        {"state": opt_state, "param_groups": saved.json["optimizer_param_groups"]}
+    )
+    state.scheduler.load_state_dict({**saved.json["scheduler"], "lr_lambdas": [None]})
+    if state.ema is not None:
+        _load_prefixed(state.ema, saved.tensors, "ema.")

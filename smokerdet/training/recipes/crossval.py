@@ -1,8 +1,9 @@
 """``smokerdet train --cv K``: pick the epoch count and threshold by K-fold cross-validation.
 
-The training and validation photos are pooled and dealt into K stratified folds (seeded). Each
-fold is held out once while :func:`smokerdet.training.train.train` trains on the others, validating on
-it as usual (best epoch by F1, early stopping). The held-out probabilities of the K fold models
+The training and validation photos are pooled and dealt into K stratified folds (seeded,
+:func:`smokerdet.data.stratified_folds`). Each fold is held out once while the shared epoch loop
+(:func:`smokerdet.training.loop.fit`) trains a fold model on the others, validating on it as
+usual (best epoch by F1, early stopping). The held-out probabilities of the K fold models
 are pooled: one threshold is picked on all of them (:func:`smokerdet.metrics.best_threshold`)
 and the epoch count is the median of the folds' best epochs. The final model is then trained on
 all the pooled photos for that many epochs, without validation or early stopping, and saved
@@ -14,41 +15,39 @@ comparing every photo first. The public dataset's known near-duplicate pairs str
 withheld Testing split, which cross-validation does not use, so they do not leak between folds.
 
 Example:
-    >>> from smokerdet.training.recipes.crossval import cross_validate
-    >>> from smokerdet.training.train import TrainConfig
-    >>> result = cross_validate(TrainConfig(arch="resnet10t", pretrained=False,
-    ...                                     data="examples", epochs=2, cv=3))  # doctest: +SKIP
+    >>> from smokerdet.training import TrainConfig, train
+    >>> result = train(TrainConfig(arch="resnet10t", pretrained=False,
+    ...                            data="examples", epochs=2, cv=3))  # doctest: +SKIP
     >>> result.threshold, result.mean["f1"], result.sd["f1"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import random
 import shutil
 import statistics
+import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smokerdet import distributed
 from smokerdet._io import atomic_write_json
+from smokerdet.data import check_per_class, stratified_folds
 from smokerdet.errors import ConfigError
 from smokerdet.metrics import BinaryMetrics, best_threshold, binary_metrics
-from smokerdet.models import META_FILE, load_model, pick_device, read_meta
-from smokerdet.paths import models_dir
-from smokerdet.training.loop import (
-    TrainingInterrupted,
-    TrainReporter,
-    export_saved,
-    find_splits,
-    score_samples,
-)
-from smokerdet.training.train import TrainResult, head_recipe, train
+from smokerdet.models import META_FILE, load_model, lock_files, pick_device, read_meta
+from smokerdet.training import artifacts, loop
+from smokerdet.training.data import find_splits
+from smokerdet.training.report import TrainingInterrupted, TrainReporter, TrainResult
+from smokerdet.training.start import check_free, claim, run_name
+from smokerdet.training.validation import score_samples
 
 if TYPE_CHECKING:
     from smokerdet.data import DatasetSplits, Sample
     from smokerdet.training.config import TrainConfig
 
-__all__ = ["CVFold", "CVResult", "cross_validate", "make_folds"]
+__all__ = ["CVFold", "CVResult", "cross_validate"]
 
 #: The per-fold numbers averaged into the mean and standard deviation.
 SUMMARY_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc")
@@ -109,59 +108,47 @@ class CVResult:
         return {**self.final.to_dict(), "cv": {**self.cv_metrics(), "oof": oof}}
 
 
-def make_folds(samples: list[Sample], k: int, seed: int) -> list[list[Sample]]:
-    """``k`` stratified folds: each class shuffled (seeded) and dealt round-robin."""
-    folds: list[list[Sample]] = [[] for _ in range(k)]
-    for label in (0, 1):
-        group = sorted((s for s in samples if s.label == label), key=lambda s: str(s.path))
-        random.Random(f"{seed}-{label}").shuffle(group)
-        for i, sample in enumerate(group):
-            folds[i % k].append(sample)
-    return folds
-
-
-def check_folds(k: int, samples: list[Sample]) -> None:
-    """Every fold must hold photos of both classes, so ``k`` <= the smallest class."""
-    pos = sum(s.label for s in samples)
-    counts = {"smoking": pos, "not_smoking": len(samples) - pos}
-    smallest = min(counts, key=counts.__getitem__)
-    if k > counts[smallest]:
-        raise ConfigError(
-            f"--cv {k} is larger than the smallest class: the training and validation photos "
-            f"hold {counts['smoking']} smoking and {counts['not_smoking']} not_smoking",
-            hint=f"use --cv {counts[smallest]} or less, or add {smallest} photos"
-            if counts[smallest] >= 2
-            else f"add {smallest} photos",
-        )
-
-
 def cross_validate(
-    cfg: TrainConfig, reporter: TrainReporter | None = None
-) -> CVResult | TrainResult:
+    cfg: TrainConfig,
+    reporter: TrainReporter | None = None,
+    *,
+    splits: DatasetSplits | None = None,
+    device: str | None = None,
+) -> CVResult:
     """Cross-validate ``cfg`` with ``cfg.cv`` folds, then train and save the final model.
+
+    :func:`smokerdet.training.train.train` runs it for ``--cv K``; under torchrun call it
+    through ``train``, which joins the process group.
+
+    Args:
+        cfg: the options; ``cfg.cv`` is the number of folds.
+        reporter: receives the progress of every fold model and of the final model.
+        splits: the dataset's splits; default: those found in ``cfg.data``.
+        device: where to train (resolved); default: ``cfg.device`` resolved.
 
     Raises:
         ConfigError: ``--cv`` larger than the smallest class, or the name is taken.
         TrainingInterrupted: Ctrl-C; the run must start again (fold models are removed).
-        Everything :func:`smokerdet.training.train.train` raises.
     """
-    splits = find_splits(cfg)
-    if head_recipe(cfg, splits):  # it cross-validates inside the site's photos itself
-        return train(cfg, reporter, splits=splits)
     if cfg.cv < 2:
         raise ConfigError(f"--cv must be at least 2 to cross-validate, got {cfg.cv}")
+    reporter = reporter or TrainReporter()
+    device = device or pick_device(cfg.device)
+    splits = splits or find_splits(cfg)
     pool = [*splits.train, *splits.val]
-    check_folds(cfg.cv, pool)
-    name = cfg.name or f"{cfg.init or cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if (models_dir() / name).exists() and not cfg.overwrite:
-        raise ConfigError(
-            f"a model named {name!r} already exists at {models_dir() / name}",
-            hint="choose another --name, or pass --overwrite to replace it",
-        )
-    folds = make_folds(pool, cfg.cv, cfg.seed)
+    check_per_class(
+        pool,
+        cfg.cv,
+        purpose="to cross-validate",
+        photos="training and validation photos",
+        why=" (each fold holds both classes)",
+        flag="--cv",
+    )
+    name = distributed.on_main(lambda: check_free(run_name(cfg), cfg.overwrite).name)
+    folds = stratified_folds(pool, cfg.cv, cfg.seed)
     try:
-        runs = [_run_fold(cfg, splits, folds, i, name, reporter) for i in range(cfg.cv)]
-        return _finish(cfg, splits, pool, runs, name, reporter)
+        runs = [fold_run(cfg, splits, folds, i, name, reporter, device) for i in range(cfg.cv)]
+        return _final(cfg, splits, pool, runs, name, reporter, device)
     except TrainingInterrupted as e:
         # Not resumable: the folds are gone and --resume would not know the final run's photos.
         raise TrainingInterrupted(
@@ -172,7 +159,9 @@ def cross_validate(
 
 
 @dataclass
-class _FoldRun:
+class FoldRun:
+    """One fold model's run and its scores of the held-out photos."""
+
     result: TrainResult
     held_out: list[Sample]
     scores: list[tuple[str, int, float]]  # (path, label, probability) of the held-out photos
@@ -186,36 +175,46 @@ class _FoldRun:
         return [p for _, _, p in self.scores]
 
 
-def _run_fold(
+def fold_run(
     cfg: TrainConfig,
     splits: DatasetSplits,
     folds: list[list[Sample]],
     i: int,
     name: str,
-    reporter: TrainReporter | None,
-) -> _FoldRun:
+    reporter: TrainReporter,
+    device: str,
+) -> FoldRun:
     """Train on every fold but ``i``, score fold ``i``; the fold model is removed after."""
+    started = time.perf_counter()
     rest = [s for j, fold in enumerate(folds) if j != i for s in fold]
     fold_splits = replace(splits, train=rest, val=folds[i], test=[])
     fold_name = f"{name[:48]}.cv-fold{i + 1}of{cfg.cv}"  # a temporary folder, never kept
     fold_cfg = replace(cfg, cv=0, name=fold_name, overwrite=True)
-    folder = models_dir() / fold_name
+    main = distributed.current().is_main
+    folder: Path | None = None
     try:
-        result = train(fold_cfg, reporter, splits=fold_splits)
-        scores = score_samples(load_model(str(folder)), folds[i], pick_device(cfg.device))
+        with ExitStack() as stack:
+            folder = distributed.on_main(lambda: claim(fold_name, stack, overwrite=True))
+            run = loop.fit(fold_cfg, folder, fold_splits, reporter, device=device, export=False)
+            # The main rank saved the fold's best epoch: it scores it, the others get the rows.
+            path = str(folder)
+            scores = distributed.on_main(lambda: score_samples(load_model(path), folds[i], device))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        (folder.parent / f".{fold_name}.lock").unlink(missing_ok=True)  # model_lock's file
-    return _FoldRun(result, folds[i], scores)
+        if main and folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            for leftover in lock_files(folder):
+                leftover.unlink(missing_ok=True)
+    return FoldRun(run.result(started), folds[i], scores)
 
 
-def _finish(
+def _final(
     cfg: TrainConfig,
     splits: DatasetSplits,
     pool: list[Sample],
-    runs: list[_FoldRun],
+    runs: list[FoldRun],
     name: str,
-    reporter: TrainReporter | None,
+    reporter: TrainReporter,
+    device: str,
 ) -> CVResult:
     """Pool the out-of-fold scores, then train and save the final model on all of ``pool``."""
     y = [label for r in runs for label in r.y]
@@ -238,19 +237,27 @@ def _finish(
     # All photos train the final model: nothing is left to validate or stop early on. Its
     # schedule is the shorter one of `epochs`, where the folds cut a longer one short.
     final_cfg = replace(cfg, name=name, epochs=epochs, patience=0)
-    final = train(final_cfg, reporter, splits=replace(splits, train=pool, val=[], test=[]))
-    result = CVResult(
-        k=cfg.cv,
-        epochs=epochs,
-        threshold=threshold,
-        folds=folds,
-        pooled=binary_metrics(y, probs, threshold),
-        final=final,
-        oof=[row for r in runs for row in r.scores],
-        mean={k: _stat(statistics.mean, folds, k) for k in SUMMARY_KEYS},
-        sd={k: _stat(statistics.stdev, folds, k) for k in SUMMARY_KEYS},
-    )
-    _store(final, result)
+    final_splits = replace(splits, train=pool, val=[], test=[])
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        folder = distributed.on_main(lambda: claim(name, stack, overwrite=cfg.overwrite))
+        run = loop.fit(final_cfg, folder, final_splits, reporter, device=device)
+        result = CVResult(
+            k=cfg.cv,
+            epochs=epochs,
+            threshold=threshold,
+            folds=folds,
+            pooled=binary_metrics(y, probs, threshold),
+            final=run.result(started),
+            oof=[row for r in runs for row in r.scores],
+            mean={k: _stat(statistics.mean, folds, k) for k in SUMMARY_KEYS},
+            sd={k: _stat(statistics.stdev, folds, k) for k in SUMMARY_KEYS},
+        )
+        result.final.threshold = threshold
+        if distributed.current().is_main:
+            _store(folder, result)
+            artifacts.finish(folder, final_splits, run.state.history)
+        loop.end_run(folder)
     return result
 
 
@@ -260,13 +267,11 @@ def _stat(fn: Any, folds: list[CVFold], key: str) -> float | None:
     return fn(values) if len(values) >= 2 else None
 
 
-def _store(final: TrainResult, result: CVResult) -> None:
-    """Give the final model its cross-validated threshold and metrics, in ``model.json`` and
-    in its ONNX twin (exported again). The weights, and so the familiarity stats fitted to
-    them, stay as saved."""
-    meta = read_meta(final.path)
+def _store(folder: Path, result: CVResult) -> None:
+    """Give the final model its cross-validated threshold and metrics in ``model.json`` (its
+    ONNX twin follows when the folder is finished). The weights, and so the familiarity stats
+    fitted to them, stay as saved."""
+    meta = read_meta(folder)
     meta.threshold = result.threshold
     meta.cv_metrics = result.cv_metrics()
-    atomic_write_json(final.path / META_FILE, meta.to_dict())
-    export_saved(final.path)
-    final.threshold = result.threshold
+    atomic_write_json(folder / META_FILE, meta.to_dict())

@@ -8,7 +8,7 @@ therefore takes the *head* recipe instead:
 1. The backbone stays frozen: every site photo is read once into its pooled features (what
    the linear head sees, flip TTA included), through ONNX Runtime when the model has it.
 2. The head is refitted by L-BFGS on the site's photos (classes weighted equally) together
-   with the model's rehearsal rows (:mod:`smokerdet.rehearsal`: a sample of its original
+   with the model's rehearsal rows (:mod:`smokerdet.models.rehearsal`: a sample of its original
    training photos), with an L2 pull towards the old head. Few photos thus nudge the head;
    many move it.
 3. K-fold cross-validation *inside* the site's photos scores every photo by a head fitted
@@ -24,30 +24,38 @@ Everything else (architecture, preprocessing, TTA, backbone) is the init model's
 model exports, serves and describes its familiarity like any other.
 
 Example:
-    >>> from smokerdet.training.config import TrainConfig
-    >>> from smokerdet.training.train import train
+    >>> from smokerdet.training import TrainConfig, train
     >>> train(TrainConfig(init="default", data="site-photos/", name="site"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import logging
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smokerdet.data import DatasetSplits, Sample, fingerprint
-from smokerdet.errors import DatasetLayoutError
+from smokerdet.data import (
+    DatasetSplits,
+    Sample,
+    check_per_class,
+    class_counts,
+    fingerprint,
+    stratified_folds,
+)
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.models import REHEARSAL_FILE, Rehearsal, backbone_sha256, load_model, save_model
+from smokerdet.training.artifacts import export_onnx, fit_familiarity_on_features
+from smokerdet.training.config import TrainConfig
+from smokerdet.training.report import TrainReporter, TrainResult
+from smokerdet.training.start import claim, publish, run_name
 
 if TYPE_CHECKING:
-    from smokerdet.training.config import TrainConfig
-
-log = logging.getLogger("smokerdet")
+    from smokerdet.models import ModelMeta
 
 #: ``--recipe auto`` refits only the head up to this many site photos (train + val) and
 #: fine-tunes the whole model above it (bench/adapt.py: the head recipe's gain flattens out
@@ -82,13 +90,6 @@ def site_photos(splits: DatasetSplits) -> list[Sample]:
     every one is needed, and the cross-validation already scores each one unseen."""
     carved = "splits carved" in splits.layout
     return [*splits.train, *splits.val, *(splits.test if carved else [])]
-
-
-def choose_recipe(recipe: str, n_photos: int) -> str:
-    """``head`` or ``full`` for ``--recipe`` (``auto``: by the number of site photos)."""
-    if recipe != "auto":
-        return recipe
-    return "head" if n_photos <= HEAD_MAX_PHOTOS else "full"
 
 
 def fit_head(
@@ -142,18 +143,15 @@ def fit_head(
     return HeadFit(w.detach().numpy().copy(), float(b.detach()))
 
 
-def folds_for(y: np.ndarray, requested: int, seed: int) -> np.ndarray:
-    """A fold index per photo, stratified: ``requested`` folds, or the default (at most
-    :data:`MAX_FOLDS`, at most the smallest class's count)."""
-    smallest = int(min((y == 0).sum(), (y == 1).sum()))
-    k = requested or min(MAX_FOLDS, smallest)
-    fold = np.zeros(len(y), dtype=int)
-    rng = np.random.default_rng(seed)
-    for label in (0, 1):
-        idx = np.flatnonzero(y == label)
-        rng.shuffle(idx)
-        fold[idx] = np.arange(len(idx)) % k
-    return fold
+def site_folds(samples: list[Sample], requested: int, seed: int) -> np.ndarray:
+    """A fold index per photo, stratified (:func:`smokerdet.data.stratified_folds`):
+    ``requested`` folds, or the default (at most :data:`MAX_FOLDS`, at most the smallest
+    class's count)."""
+    k = requested or min(MAX_FOLDS, *class_counts(samples).values())
+    fold_of = {
+        str(s.path): i for i, fold in enumerate(stratified_folds(samples, k, seed)) for s in fold
+    }
+    return np.array([fold_of[str(s.path)] for s in samples], dtype=int)
 
 
 def cross_validate_head(
@@ -174,21 +172,15 @@ def cross_validate_head(
 
 
 def check_site(samples: list[Sample], cv: int, root: Path) -> None:
-    """Both classes, at least two photos each, and no more folds than the smallest class."""
-    counts = {name: sum(s.label == label for s in samples) for label, name in
-              ((1, "smoking"), (0, "not_smoking"))}  # fmt: skip
-    smallest = min(counts, key=counts.__getitem__)
-    if counts[smallest] < 2:
-        raise DatasetLayoutError(
-            f"{root} holds {counts['smoking']} smoking and {counts['not_smoking']} not_smoking "
-            "photos: adapting needs at least 2 of each class to pick a threshold",
-            hint=f"add {smallest} photos of the site",
-        )
-    if cv > counts[smallest]:
-        raise DatasetLayoutError(
-            f"--cv {cv} is larger than the smallest class of {root} "
-            f"({counts[smallest]} {smallest} photos)",
-            hint=f"use --cv {counts[smallest]} or less, or leave --cv out",
+    """At least two photos of each class (a fold of each for the cross-validation), and with
+    ``--cv`` no more folds than the smallest class has photos."""
+    photos = f"site photos in {root}"
+    why = " (the cross-validation needs 2 folds of both classes)"
+    check_per_class(samples, 2, purpose="to adapt a model", photos=photos, why=why)
+    if cv:
+        why = " (each fold holds both classes)"
+        check_per_class(
+            samples, cv, purpose="to cross-validate", photos=photos, why=why, flag="--cv"
         )
 
 
@@ -213,23 +205,87 @@ def _read_site(engine: Any, samples: list[Sample]) -> _Site:
     return _Site(chosen, x, np.array([s.label for s in chosen]), skipped)
 
 
-def adapt_head(
-    cfg: TrainConfig, name: str, folder: Path, splits: DatasetSplits
-) -> tuple[Any, BinaryMetrics, dict[str, Any]]:
-    """The head recipe: refit the init model's head on the site photos and save the model.
+#: Options that shape a fine-tune, which the head recipe does not run.
+FINE_TUNE_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "img_size",
+                  "lp_epochs", "label_smoothing", "ema", "patience", "tta")  # fmt: skip
 
-    Returns:
-        The saved model's meta, the cross-validated metrics of the site photos at the
-        threshold, and the adaptation record stored in its provenance, plus its time and
-        every site photo's out-of-fold score (``oof``).
+
+def ignored_flags(cfg: TrainConfig) -> list[str]:
+    """The fine-tuning ``--flags`` set to something other than their default."""
+    defaults = TrainConfig()
+    return [
+        "--" + name.replace("_", "-")
+        for name in FINE_TUNE_ONLY
+        if getattr(cfg, name) != getattr(defaults, name)
+    ]
+
+
+def adapt(cfg: TrainConfig, reporter: TrainReporter, splits: DatasetSplits) -> TrainResult:
+    """The head recipe as ``train`` runs it: say what runs, claim the name, refit, save.
 
     Raises:
         DatasetLayoutError: a site with one class, or fewer than two photos of a class.
+        ConfigError: ``--cv`` larger than the smallest class, or the name is taken.
         ModelNotFoundError, CheckpointError: no usable ``--init`` model.
     """
+    started = time.perf_counter()
+    pooled = site_photos(splits)
+    reporter.on_note(
+        f"Adapting {cfg.init} head-only (--recipe {cfg.recipe}) to {len(pooled)} photos "
+        f"in {splits.root}"
+    )
+    unused = ignored_flags(cfg)
+    if unused:
+        reporter.on_note(
+            f"Note: {', '.join(unused)} only shape a fine-tune and are not used by the head "
+            "recipe (pass --recipe full to fine-tune the whole model)"
+        )
+    with ExitStack() as stack:
+        folder = claim(run_name(cfg), stack, overwrite=cfg.overwrite)
+        # Built beside its place, then moved in whole: killed at any step, the run leaves no
+        # model without its familiarity stats or its ONNX twin.
+        building = folder.with_name(f".{folder.name}.building")
+        shutil.rmtree(building, ignore_errors=True)  # what a killed run left
+        meta, metrics, record = adapt_head(cfg, building, splits)
+        publish(building, folder)
+    counts = {"site": class_counts(pooled)}
+    return TrainResult(
+        name=folder.name,
+        path=folder,
+        arch=meta.arch,
+        best_epoch=0,
+        epochs_run=0,
+        stopped_early=False,
+        threshold=meta.threshold,
+        val_metrics=metrics,
+        history=[],
+        counts=counts,
+        skipped=record.pop("skipped"),
+        seconds=time.perf_counter() - started,
+        recipe="head",
+        adaptation=record,
+    )
+
+
+def adapt_head(
+    cfg: TrainConfig, folder: Path, splits: DatasetSplits
+) -> tuple[ModelMeta, BinaryMetrics, dict[str, Any]]:
+    """Refit the init model's head on the site photos and save the model in ``folder``, with
+    its familiarity stats, rehearsal rows and ONNX twin.
+
+    Returns:
+        The saved model's meta, the cross-validated metrics of the site photos at the
+        threshold, and the adaptation record stored in its provenance, plus its time, every
+        site photo's out-of-fold score (``oof``) and the unreadable photos (``skipped``).
+
+    Raises:
+        DatasetLayoutError: a site with one class, or fewer than two photos of a class.
+        ConfigError: ``--cv`` larger than the smallest class.
+        ModelNotFoundError, CheckpointError: no usable ``--init`` model.
+    """
+    from smokerdet._io import atomic_write_bytes
     from smokerdet.inference import open_engine
     from smokerdet.models import rehearsal
-    from smokerdet.training.loop import export_saved
 
     started = time.perf_counter()
     pool = site_photos(splits)
@@ -244,7 +300,7 @@ def adapt_head(
         float(classifier.bias.detach().double().numpy().reshape(-1)[0]),
     )
     rows = rehearsal.load(init.path, init.meta)
-    fold = folds_for(site.y, cfg.cv, cfg.seed)
+    fold = site_folds(site.samples, cfg.cv, cfg.seed)
     oof = cross_validate_head(site.x, site.y, start, rows, fold)
     threshold = THRESHOLD
     metrics = binary_metrics(list(site.y), list(oof), threshold)
@@ -282,28 +338,17 @@ def adapt_head(
     }
     meta.data_fingerprint = fingerprint(site.samples, splits.root)
     meta.seed = cfg.seed
-    meta.train_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    meta.train_args = cfg.to_dict()
     meta.created = ""
     save_model(folder, init.model, meta, half=cfg.half)
-    export_saved(folder)
     if rows is not None:
-        (folder / REHEARSAL_FILE).write_bytes((init.path / REHEARSAL_FILE).read_bytes())
-    _fit_familiarity(folder, site.x, rows, meta.weights_sha256)
+        atomic_write_bytes(folder / REHEARSAL_FILE, (init.path / REHEARSAL_FILE).read_bytes())
+    # The original sample and the site's photos together: the backbone is the init model's,
+    # so their features are this model's too.
+    described = site.x if rows is None else np.concatenate([rows.features, site.x])
+    fit_familiarity_on_features(folder, described, meta.weights_sha256)
+    export_onnx(folder)
     oof_rows = [{"path": str(smp.path), "label": int(label), "probability": float(prob)}
                 for smp, label, prob in zip(site.samples, site.y, oof, strict=True)]  # fmt: skip
-    return meta, metrics, {**record, "seconds": time.perf_counter() - started, "oof": oof_rows}
-
-
-def _fit_familiarity(folder: Path, site: np.ndarray, rows: Rehearsal | None, sha: str) -> None:
-    """Describe the original sample and the site's photos together (the backbone is the
-    init model's, so their features are this model's too), the cut calibrated on every
-    other row."""
-    from smokerdet.inference import familiarity
-
-    x = site if rows is None else np.concatenate([rows.features, site])
-    if len(x) < 2 * familiarity.MIN_PHOTOS:
-        log.info("%d photos: too few to describe, so no familiarity stats", len(x))
-        return
-    order = np.random.default_rng(0).permutation(len(x))
-    stats = familiarity.fit(x[order[::2]], x[order[1::2]], weights_sha256=sha)
-    familiarity.save(stats, folder)
+    seconds = time.perf_counter() - started
+    return meta, metrics, {**record, "seconds": seconds, "oof": oof_rows, "skipped": site.skipped}

@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from sources import CACHE, one_look  # noqa: E402
 from stress import SHIFTS  # noqa: E402
+from tensors import eval_transform  # noqa: E402
 
-from smokerdet.data.augment import eval_transform  # noqa: E402
 from smokerdet.data.images import load_image  # noqa: E402
 from smokerdet.data.layout import find_dataset  # noqa: E402
 from smokerdet.metrics import binary_metrics  # noqa: E402

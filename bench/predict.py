@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tensors import eval_transform
 
-from smokerdet.data.augment import eval_transform
 from smokerdet.data.images import load_image
 from smokerdet.data.layout import find_dataset
 from smokerdet.models.registry import load_model

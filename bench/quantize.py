@@ -32,9 +32,9 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from tensors import eval_transform
 from torch import nn
 
-from smokerdet.data.augment import eval_transform
 from smokerdet.data.images import load_image
 from smokerdet.data.layout import find_dataset
 from smokerdet.metrics import best_threshold, binary_metrics

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
+from tensors import eval_transform
 
-from smokerdet.data.augment import eval_transform
 from smokerdet.data.images import load_image
 from smokerdet.data.layout import find_dataset
-from smokerdet.inference.torch_backend import forward_probs
+from smokerdet.inference.torch_backend import TorchEngine
 from smokerdet.metrics import binary_metrics
 from smokerdet.models.checkpoint import LoadedModel
 from smokerdet.models.registry import load_model
@@ -96,7 +96,7 @@ def stress(loaded: LoadedModel, data: Path, split: str = "val") -> dict[str, Any
         probs: list[float] = []
         for i in range(0, len(images), 32):
             batch = torch.stack([transform(shift(im, rng)) for im in images[i : i + 32]])
-            probs += forward_probs(loaded, batch, "cpu")
+            probs += TorchEngine(loaded, "cpu").score_arrays(batch.numpy())
         m = binary_metrics(labels, probs, loaded.meta.threshold)
         out[name] = {"accuracy": m.accuracy, "f1": m.f1, "roc_auc": m.roc_auc}
     shifted = [v for k, v in out.items() if k != "clean"]

@@ -120,8 +120,7 @@ def convert(out: Path, photos: list[Path], backbone: str = "lite0") -> Path:
     from safetensors.torch import save_file
     from timm.data import ImageNetInfo
 
-    from smokerdet.data.augment import eval_transform
-    from smokerdet.data.images import load_image
+    from smokerdet.data.images import load_image, preprocess
     from smokerdet.models.build import resolve_data_config
 
     pth, _ = find_backbone_file(backbone)
@@ -130,11 +129,12 @@ def convert(out: Path, photos: list[Path], backbone: str = "lite0") -> Path:
     state = convert_state_dict(source, model.state_dict())
     model.load_state_dict(state)
     info = ImageNetInfo()
-    transform = eval_transform(resolve_data_config(model, 224, resize_mode="crop"))
+    cfg = resolve_data_config(model, 224, resize_mode="crop")
     print(f"converted {len(state)} tensors from {pth.name}; ImageNet top-5 sanity check:")
     with torch.inference_mode():
         for photo in photos:
-            probs = model(transform(load_image(photo)).unsqueeze(0)).softmax(-1)[0]
+            x = torch.from_numpy(preprocess(load_image(photo), cfg)).unsqueeze(0)
+            probs = model(x).softmax(-1)[0]
             top = probs.topk(5)
             names = [
                 f"{info.index_to_description(int(i)).split(',')[0]} {float(v):.2f}"

@@ -17,9 +17,7 @@ from test_hostile import build_corpus
 
 import smokerdet
 from smokerdet.cli import app
-from smokerdet.data.augment import eval_transform
 from smokerdet.data.images import DataConfig, load_image, preprocess
-from smokerdet.data.images import load_image as data_load_image
 from smokerdet.errors import CheckpointError, ConfigError, ImageLoadError
 from smokerdet.inference.backend import open_engine
 from smokerdet.inference.batch import score_paths
@@ -62,16 +60,17 @@ def odd_images() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.resize_mode)
-def test_numpy_preprocessing_equals_the_torch_transform(cfg: DataConfig, tmp_path: Path):
-    transform = eval_transform(cfg)
+def test_the_one_preprocessor_gives_the_same_input_from_a_path_and_from_bytes(
+    cfg: DataConfig, tmp_path: Path
+):
+    size = cfg.input_size
     for name, blob in odd_images().items():
         path = tmp_path / name
         path.write_bytes(blob)
-        expected = transform(data_load_image(path)).numpy()
         got = preprocess(load_image(path), cfg)
         from_bytes = preprocess(load_image(blob), cfg)
-        assert got.dtype == np.float32 and got.shape == expected.shape, name
-        assert np.abs(got - expected).max() <= 1e-6, name
+        assert got.dtype == np.float32 and got.shape == (3, size, size), name
+        assert np.isfinite(got).all(), name
         assert np.array_equal(got, from_bytes), name
     upright = load_image(odd_images()["exif.jpg"])
     assert upright.size == (60, 90)  # EXIF orientation applied

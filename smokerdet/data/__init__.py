@@ -4,8 +4,8 @@ Other packages import this one through this module; its modules are listed in
 docs/architecture.md.
 """
 
-from smokerdet.data.augment import eval_transform, train_transform
-from smokerdet.data.datasets import DecodedDataset, ImageFileDataset, decode_all
+from smokerdet.data.augment import train_transform
+from smokerdet.data.datasets import DecodedDataset, decode_all
 from smokerdet.data.folds import check_per_class, class_counts, stratified_folds, stratified_split
 from smokerdet.data.images import (
     MAX_IMAGE_PIXELS,
@@ -34,7 +34,6 @@ __all__ = [
     "DataConfig",
     "DatasetSplits",
     "DecodedDataset",
-    "ImageFileDataset",
     "MAX_IMAGE_PIXELS",
     "Photo",
     "ResizeMode",
@@ -43,7 +42,6 @@ __all__ = [
     "check_per_class",
     "class_counts",
     "decode_all",
-    "eval_transform",
     "find_dataset",
     "fingerprint",
     "is_image_file",

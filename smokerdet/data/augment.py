@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -78,31 +77,6 @@ class RandomJPEG:
         im.save(buf, format="JPEG", quality=random.randint(*self.quality))
         buf.seek(0)
         return Image.open(buf).convert("RGB")
-
-
-def eval_transform(cfg: DataConfig) -> Callable[[Any], Any]:
-    """Deterministic preprocessing as a torch transform: PIL RGB image -> normalised tensor.
-
-    The same values as :func:`smokerdet.data.images.preprocess`, which every backend uses.
-    Only training's validation still takes this one; it goes once validation uses
-    ``preprocess`` too.
-    """
-    from torchvision import transforms as T
-
-    size = cfg.input_size
-    if cfg.resize_mode == "letterbox":
-        resize = [
-            PadToSquare(cfg.fill),
-            T.Resize((size, size), interpolation=_interp(cfg.interpolation)),
-        ]
-    elif cfg.resize_mode == "crop":
-        resize = [
-            T.Resize(math.floor(size / cfg.crop_pct), interpolation=_interp(cfg.interpolation)),
-            T.CenterCrop(size),
-        ]
-    else:
-        resize = [T.Resize((size, size), interpolation=_interp(cfg.interpolation))]
-    return T.Compose([*resize, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
 def train_transform(cfg: DataConfig) -> Callable[[Any], Any]:

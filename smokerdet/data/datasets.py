@@ -6,7 +6,6 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smokerdet.data.images import load_image
@@ -76,29 +75,3 @@ class DecodedDataset:
     def __getitem__(self, i: int) -> tuple[Any, float]:
         im, label = self.items[i]
         return self.transform(im), float(label)
-
-
-class ImageFileDataset:
-    """Image files decoded on access, for training's validation. Never raises for a bad file.
-
-    Each item is ``(index, tensor or None, error or None)``. Scoring does not use it (see
-    :mod:`smokerdet.inference.batch`); it goes once validation decodes with
-    :func:`~smokerdet.data.images.load_image` and :func:`~smokerdet.data.images.preprocess`.
-    """
-
-    def __init__(
-        self, paths: Sequence[Path], transform: Callable[[Any], Any], draft_size: int | None = None
-    ) -> None:
-        self.paths, self.transform, self.draft_size = paths, transform, draft_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
-        try:
-            im = load_image(self.paths[i], draft_size=self.draft_size)
-            return i, self.transform(im), None
-        except ImageLoadError as e:
-            return i, None, e.reason
-        except Exception as e:  # a transform must not kill a 100,000-image batch either
-            return i, None, f"could not preprocess ({type(e).__name__}: {e})"

@@ -25,7 +25,6 @@ from smokerdet.inference.familiarity import (
     refit,
 )
 from smokerdet.inference.rows import FIELDS, Prediction, columns
-from smokerdet.inference.torch_backend import forward_probs
 
 __all__ = [
     "FIELDS",
@@ -40,7 +39,6 @@ __all__ = [
     "columns",
     "decode_upload",
     "fit_for_model",
-    "forward_probs",
     "load_for",
     "open_engine",
     "pooled_features",

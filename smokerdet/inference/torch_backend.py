@@ -79,12 +79,3 @@ def grad_cam(model: Any, x: Any) -> tuple[Any, Any, Any]:
     alpha = grads.mean(dim=(2, 3), keepdim=True) * (h * w)
     features = features.detach()
     return logits.detach(), features, (alpha * features).sum(dim=1)
-
-
-def forward_probs(loaded: LoadedModel, batch: Any, device: str) -> list[float]:
-    """Probabilities of a preprocessed ``(N, 3, S, S)`` tensor: ``TorchEngine.score_arrays``.
-
-    Only training's validation still calls this; it goes once that scores through
-    ``TorchEngine(loaded, device).score_arrays`` itself.
-    """
-    return TorchEngine(loaded, device).score_arrays(batch.cpu().numpy())

@@ -169,11 +169,13 @@ def test_a_snapshot_url_is_polled_and_a_slow_scorer_drops_frames_not_memory() ->
         frames = []
         for frame in s.frames():
             frames.append(frame)
-            time.sleep(0.1)  # scoring five times slower than the camera
+            time.sleep(0.2)  # scoring ten times slower than the camera
             if len(frames) == 5:
                 break
     stats = s.stats
-    assert stats.dropped >= 8 and stats.taken == 5
+    # How many frames a busy machine's camera thread gets to fetch varies; that it drops the
+    # ones scoring had no time for, and keeps no queue, does not.
+    assert stats.taken == 5 and stats.dropped >= 2
     assert stats.sampled - stats.taken - stats.dropped in (0, 1)  # at most one frame waits
     assert all(f.image.size == SMALL for f in frames)
 

@@ -93,13 +93,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def show_help_when_bare(ctx: typer.Context) -> None:
-    """A group run with no sub-command prints its help and exits 0 (there was no mistake)."""
-    if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
-        raise typer.Exit(0)
-
-
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -113,6 +106,8 @@ def _root(
     Start with `smokerdet predict photos/` (uses the model shipped with smokerdet), or
     train your own with `smokerdet train --data DIR`.
     """
+    from smokerdet.cli._output import show_help_when_bare
+
     show_help_when_bare(ctx)
 
 

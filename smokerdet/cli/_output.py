@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from smokerdet.errors import Interrupted, SmokerdetError
-from smokerdet.inference.rows import columns
 from smokerdet.metrics import BinaryMetrics
 
 if TYPE_CHECKING:
@@ -492,6 +492,8 @@ def render_predictions(
                 else stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8"))
             )
             writer = csv.writer(f)
+            from smokerdet.inference.rows import columns
+
             writer.writerow(columns(heatmaps))
         table = None if json_lines or to_stdout_csv else RowTable(paths)
         if table is not None:
@@ -669,3 +671,10 @@ def render_download_list(status: dict[str, Any]) -> None:
             escape(w["path"]),
         )  # fmt: skip
     console.print(table)
+
+
+def show_help_when_bare(ctx: typer.Context) -> None:
+    """A group run with no sub-command prints its help and exits 0 (there was no mistake)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)

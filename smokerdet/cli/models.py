@@ -22,7 +22,7 @@ app = typer.Typer(
 
 @app.callback()
 def _models(ctx: typer.Context) -> None:
-    from smokerdet.cli import show_help_when_bare
+    from smokerdet.cli._output import show_help_when_bare
 
     show_help_when_bare(ctx)
 

@@ -9,6 +9,7 @@ from smokerdet.models.build import (
     DEFAULT_ARCH,
     MAX_INPUT_SIZE,
     MIN_INPUT_SIZE,
+    classifier_prefixes,
     create_model,
     load_backbone_state,
     pick_device,
@@ -27,12 +28,19 @@ from smokerdet.models.checkpoint import (
 )
 from smokerdet.models.export import ExportError, ExportResult, export_onnx
 from smokerdet.models.hub import (
+    Backbone,
     cached_file,
+    forced_archs,
+    forced_import,
+    forget_forced,
     hub_repo,
     hub_settings,
+    import_forced,
     import_weights,
     is_intact,
     pretrained_file,
+    pretrained_provenance,
+    pretrained_weights,
     tag_of,
 )
 from smokerdet.models.info import Info, gather_info
@@ -50,6 +58,7 @@ from smokerdet.models.registry import (
 from smokerdet.models.rehearsal import REHEARSAL_FILE, Rehearsal, backbone_sha256
 
 __all__ = [
+    "Backbone",
     "DEFAULT_ARCH",
     "ExportError",
     "ExportResult",
@@ -68,11 +77,16 @@ __all__ = [
     "cached_file",
     "check_arch",
     "check_name",
+    "classifier_prefixes",
     "create_model",
     "export_onnx",
+    "forced_archs",
+    "forced_import",
+    "forget_forced",
     "gather_info",
     "hub_repo",
     "hub_settings",
+    "import_forced",
     "import_weights",
     "is_intact",
     "list_models",
@@ -82,6 +96,8 @@ __all__ = [
     "model_lock",
     "pick_device",
     "pretrained_file",
+    "pretrained_provenance",
+    "pretrained_weights",
     "read_meta",
     "read_state_dict",
     "remove_model",

@@ -55,6 +55,7 @@ from smokerdet.models import (
     check_arch,
     create_model,
     load_model,
+    pretrained_provenance,
     resolve_data_config,
     save_model,
 )
@@ -291,8 +292,12 @@ def build_start(cfg: TrainConfig) -> Start:
     check_arch(cfg.arch)
     pretrained = cfg.pretrained and cfg.weights is None
     model = create_model(cfg.arch, pretrained=pretrained, weights=cfg.weights)
-    weights = str(cfg.weights) if cfg.weights else ("timm-imagenet" if pretrained else None)
-    return Start(model, resolve_data_config(model, cfg.img_size), {"weights": weights}, cfg.arch)
+    origin = (
+        pretrained_provenance(cfg.arch)
+        if pretrained
+        else {"weights": str(cfg.weights) if cfg.weights else None}
+    )
+    return Start(model, resolve_data_config(model, cfg.img_size), origin, cfg.arch)
 
 
 @dataclass

@@ -203,7 +203,10 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 return False
             repo_id = f"{parts[1]}/{parts[2]}"
             if repo_id not in server.repos:
-                return False
+                if any(p.startswith(f"/{repo_id}/") for p in (*server.files, *server.status)):
+                    return False  # plain files stand for this repo (timm's weights)
+                self._send(404, {"X-Error-Code": "RepoNotFound"}, b"", head)
+                return True
             revision, path = unquote(parts[4]), unquote("/".join(parts[5:]))
             status, headers, body = server.resolve(
                 repo_id, revision, path, self.headers.get("Authorization")

@@ -11,7 +11,8 @@ ExportModelArg = Annotated[
     str | None,
     typer.Argument(
         metavar="MODEL",
-        help="Model name, folder, 'latest' or 'default' (default: the active model).",
+        help="Model name, folder, 'latest', 'default' or hf://ORG/NAME (default: the active "
+        "model).",
         show_default=False,
     ),
 ]
@@ -42,9 +43,17 @@ def export(model: ExportModelArg = None, out: OutOpt = None) -> None:
         smokerdet export mymodel --out mymodel.onnx
         smokerdet predict --model mymodel.onnx photos/
     """
-    from smokerdet.models import export_onnx
+    from smokerdet.errors import ConfigError
+    from smokerdet.models import export_onnx, resolve_model
 
-    result = export_onnx(model, out=out)
+    if model is not None and model.startswith("hf://") and out is None:
+        raise ConfigError(
+            f"{model} lives in the Hub cache, which export does not write into",
+            hint=f"write a copy with --out FILE: smokerdet export {model} --out model.onnx",
+        )
+    # Resolved here so that an unknown MODEL's hint says how export takes a path.
+    _, folder = resolve_model(model, how="give MODEL as a model folder: smokerdet export PATH")
+    result = export_onnx(folder, out=out)
     typer.echo(str(result.path))
     note = "" if result.heatmaps else "; heatmaps need --backend torch"
     typer.echo(

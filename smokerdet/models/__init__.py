@@ -45,11 +45,13 @@ from smokerdet.models.hub import (
 )
 from smokerdet.models.info import Info, gather_info
 from smokerdet.models.onnx_format import ONNX_FILE
+from smokerdet.models.publish import PushResult, ShareError, push_model
 from smokerdet.models.registry import (
     SHIPPED_NAME,
     ModelInfo,
     list_models,
     load_model,
+    name_stem,
     remove_model,
     reset_default,
     resolve_model,
@@ -69,10 +71,12 @@ __all__ = [
     "MIN_INPUT_SIZE",
     "ModelInfo",
     "ModelMeta",
+    "PushResult",
     "ONNX_FILE",
     "REHEARSAL_FILE",
     "Rehearsal",
     "SHIPPED_NAME",
+    "ShareError",
     "backbone_sha256",
     "cached_file",
     "check_arch",
@@ -93,11 +97,13 @@ __all__ = [
     "load_backbone_state",
     "load_model",
     "matching_weights",
+    "name_stem",
     "model_lock",
     "pick_device",
     "pretrained_file",
     "pretrained_provenance",
     "pretrained_weights",
+    "push_model",
     "read_meta",
     "read_state_dict",
     "remove_model",

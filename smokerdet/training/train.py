@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from smokerdet import distributed
 from smokerdet.errors import ConfigError
 from smokerdet.metrics import BinaryMetrics
-from smokerdet.models import check_name, model_lock, pick_device
+from smokerdet.models import check_name, model_lock, name_stem, pick_device
 from smokerdet.paths import models_dir
 from smokerdet.training.config import TrainConfig
 from smokerdet.training.loop import (
@@ -248,7 +248,10 @@ def _adapt(
 
 def _claim(cfg: TrainConfig, resume: bool, stack: ExitStack) -> str:
     """The run's name, checked free (or resumable), with the model folder's lock held."""
-    name = cfg.name or f"{cfg.init or cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    name = (
+        cfg.name
+        or f"{name_stem(cfg.init) if cfg.init else cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
     check_name(name)
     folder = models_dir() / name
     if folder.exists() and not (cfg.overwrite or resume):

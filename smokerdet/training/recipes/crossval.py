@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from smokerdet._io import atomic_write_json
 from smokerdet.errors import ConfigError
 from smokerdet.metrics import BinaryMetrics, best_threshold, binary_metrics
-from smokerdet.models import META_FILE, load_model, pick_device, read_meta
+from smokerdet.models import META_FILE, load_model, name_stem, pick_device, read_meta
 from smokerdet.paths import models_dir
 from smokerdet.training.loop import (
     TrainingInterrupted,
@@ -152,7 +152,10 @@ def cross_validate(
         raise ConfigError(f"--cv must be at least 2 to cross-validate, got {cfg.cv}")
     pool = [*splits.train, *splits.val]
     check_folds(cfg.cv, pool)
-    name = cfg.name or f"{cfg.init or cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    name = (
+        cfg.name
+        or f"{name_stem(cfg.init) if cfg.init else cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
     if (models_dir() / name).exists() and not cfg.overwrite:
         raise ConfigError(
             f"a model named {name!r} already exists at {models_dir() / name}",

@@ -42,6 +42,15 @@ ResumeOpt = Annotated[
         "from that run).",
     ),
 ]
+TrackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--track",
+        metavar="mlflow|tensorboard",
+        help="Log the run to MLflow (MLFLOW_TRACKING_URI, else a local store in the data dir) "
+        "or TensorBoard; needs pip install 'smokerdet[mlflow]' or 'smokerdet[tensorboard]'.",
+    ),
+]
 
 
 def train(
@@ -70,6 +79,7 @@ def train(
     cv: CvOpt = C.cv,
     recipe: RecipeOpt = C.recipe,
     resume: ResumeOpt = None,
+    track: TrackOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on labelled photos and save it in the data dir.
@@ -107,10 +117,12 @@ def train(
         resume_training,
     )
     from smokerdet.training import train as run_train
+    from smokerdet.training.tracking import track_run
 
     main_rank = quiet_unless_main()
     reporter = RichTrainReporter() if main_rank else TrainReporter()
     result: TrainResult | CVResult
+    cfg: C | None = None
     if resume is not None:
         if cv:
             raise ConfigError(
@@ -118,7 +130,6 @@ def train(
                 "with that run's own options",
                 hint="drop --cv to resume, or start a new --cv run without --resume",
             )
-        result = resume_training(resume, reporter)
     else:
         cfg = C(
             arch=arch,
@@ -146,7 +157,12 @@ def train(
             cv=cv,
             recipe=recipe,
         )
-        result = cross_validate(cfg, reporter) if cfg.cv else run_train(cfg, reporter)
+    with track_run(track if main_rank else None, reporter, cfg) as run:
+        if cfg is None:
+            result = resume_training(str(resume), run.reporter)
+        else:
+            result = cross_validate(cfg, run.reporter) if cfg.cv else run_train(cfg, run.reporter)
+        run.finish(result)
     if main_rank:
         if json_out:
             print_json(result.to_dict())

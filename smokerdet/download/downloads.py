@@ -414,6 +414,7 @@ def weights_status() -> list[dict[str, Any]]:
 
     out = []
     for arch in dict.fromkeys([*LISTED_ARCHS, *forced_archs()]):
+        path: Path | None
         forced = forced_import(arch)
         if forced is not None:
             tag, path, kind = forced.tag, forced.path, forced.kind

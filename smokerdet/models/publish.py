@@ -157,17 +157,21 @@ def _shared_meta(meta: ModelMeta) -> dict[str, Any]:
     """``model.json`` as shared: the paths of this machine cut to their last part."""
     d = meta.to_dict()
     args = d.get("train_args") or {}
-    for key in _PATH_ARGS:
-        if isinstance(args.get(key), str):
-            args[key] = Path(args[key]).name
-    if isinstance((d.get("data_fingerprint") or {}).get("root"), str):
-        d["data_fingerprint"]["root"] = Path(d["data_fingerprint"]["root"]).name
     provenance = d.get("provenance") or {}
     provenance.pop("init_path", None)
-    weights = provenance.get("weights")
-    if isinstance(weights, str) and ("/" in weights or "\\" in weights):
-        provenance["weights"] = Path(weights).name
+    places = [(args, key) for key in _PATH_ARGS] + [(provenance, "weights")]
+    places.append((d.get("data_fingerprint") or {}, "root"))
+    for where, key in places:
+        if key in where:
+            where[key] = _last_part(where[key])
     return d
+
+
+def _last_part(value: Any) -> Any:
+    """A local path's last part; anything else (a name, an hf:// spec, None) as it is."""
+    if isinstance(value, str) and not value.startswith(SCHEME) and ("/" in value or "\\" in value):
+        return Path(value.replace("\\", "/")).name
+    return value
 
 
 def _onnx_file(folder: Path, meta: ModelMeta, stage: Path) -> tuple[Path | None, bool]:

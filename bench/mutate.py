@@ -554,6 +554,26 @@ MUTATIONS: list[Mutation] = [
         ),
         proves="reconnection and retry waits never exceed the cap, jitter included",
     ),
+    Mutation(
+        id="imported-weights-head-unchecked",
+        file="smokerdet/download/downloads.py",
+        old="            if shape != expected:",
+        new="            if False:",
+        tests=(
+            "tests/test_download.py::test_a_smokerdet_model_is_not_imported_as_imagenet_weights",
+        ),
+        proves="a file imported as ImageNet weights must have an ImageNet classifier head: a "
+        "smokerdet model (one-logit head) is refused without --force",
+    ),
+    Mutation(
+        id="pulled-model-sha256-unchecked",
+        file="smokerdet/models/share.py",
+        old="        if sha256_file(path) != sha:",
+        new="        if False:",
+        tests=("tests/test_share.py::test_a_tampered_download_is_refused_and_removed",),
+        proves="a file pulled from the Hub that does not match its SHA-256 in smokerdet.json is "
+        "refused, removed from the cache and never used",
+    ),
 ]
 
 

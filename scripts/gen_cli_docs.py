@@ -28,6 +28,7 @@ COMMANDS = [
     "models list",
     "models default",
     "models remove",
+    "models push",
 ]
 
 

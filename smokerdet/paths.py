@@ -19,6 +19,7 @@ HOME_ENV = "SMOKERDET_HOME"
 DATASETS = "datasets"
 WEIGHTS = "weights"
 MODELS = "models"
+HUB = "hub"
 DEFAULT_CHOICE = "default-model.json"
 
 #: Where the downloaded Smoker Detection dataset lands (``smokerdet download dataset``).
@@ -53,6 +54,12 @@ def weights_dir() -> Path:
 def models_dir() -> Path:
     """Folder holding one subfolder per trained model."""
     return data_dir() / MODELS
+
+
+def hub_dir() -> Path:
+    """Cache of models pulled from the Hugging Face Hub (``--model hf://ORG/NAME``), in the
+    Hub's own cache layout."""
+    return data_dir() / HUB
 
 
 def default_choice_file() -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from smokerdet._io import atomic_write_bytes
-from smokerdet.metrics import binary_metrics
+from smokerdet.metrics import binary_metrics, roc_auc
 
 #: Size of every figure, in inches, and its resolution: 6.4 x 4.8 in at 100 dpi = 640 x 480 px.
 FIGSIZE = (6.4, 4.8)
@@ -79,8 +79,11 @@ def _confusion(ax: Any, y_true: Sequence[int], y_prob: Sequence[float], threshol
     ax.set_ylabel("true")
 
 
-def _roc(ax: Any, points: list[tuple[float, float, float, float]], threshold: float) -> None:
-    ax.plot([p[1] for p in points], [p[2] for p in points], color="C0", label="ROC")
+def _roc(
+    ax: Any, points: list[tuple[float, float, float, float]], threshold: float, auc: float | None
+) -> None:
+    area = f"AUC {auc:.3f}" if auc is not None else "AUC undefined: one class only"
+    ax.plot([p[1] for p in points], [p[2] for p in points], color="C0", label=f"ROC ({area})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     at = min(points, key=lambda p: (p[0] < threshold, p[0]))  # the point the threshold uses
     ax.plot(at[1], at[2], "o", color="C3", label=f"threshold {threshold:.3f}")
@@ -99,7 +102,9 @@ def _pr(ax: Any, points: list[tuple[float, float, float, float]], threshold: flo
     ax.set_ylabel("precision")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower left")
+    # Below the axes: inside, every corner is where some curve goes (lower left when the
+    # top-scored photo is negative, upper right for a good model).
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
 
 
 def _scores(ax: Any, y_true: Sequence[int], y_prob: Sequence[float], threshold: float) -> None:
@@ -142,7 +147,7 @@ def plot_eval(
     points = _curve_points(y_true, y_prob)
     drawers = (
         lambda ax: _confusion(ax, y_true, y_prob, threshold),
-        lambda ax: _roc(ax, points, threshold),
+        lambda ax: _roc(ax, points, threshold, roc_auc(y_true, y_prob)),
         lambda ax: _pr(ax, points, threshold),
         lambda ax: _scores(ax, y_true, y_prob, threshold),
     )

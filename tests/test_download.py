@@ -9,15 +9,15 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import uuid
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from conftest import TINY_TRAIN_ARGS
 
 from smokerdet.cli import app
 from smokerdet.download.archives import extract_archive
@@ -28,104 +28,12 @@ from smokerdet.errors import DownloadError, WeightsError
 from smokerdet.models.build import create_model
 from smokerdet.models.hub import is_intact, pretrained_file
 
+if TYPE_CHECKING:
+    from hubfake import Server
+
+pytest_plugins = ["hubfake"]  # the fixtures server and hub_online
+
 FAST = HttpOptions(timeout=5, retries=2, backoff=0.01)
-
-
-class Server:
-    """Serves bytes by path, with Range support, and can misbehave on request."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.status: dict[str, int] = {}
-        self.drop_first: set[str] = set()  # send half, then close, on the first GET
-        self.throttle: float = 0.0  # seconds per 16 KiB chunk
-        self.ignore_range: set[str] = set()  # answer 200 with the whole body to a Range request
-        self.short: dict[str, int] = {}  # path -> how many GETs send half the Content-Length
-        self.headers: dict[str, dict[str, str]] = {}  # path -> extra headers (Hub metadata)
-        self.requests: list[tuple[str, str, str | None]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                server.requests.append(("HEAD", self.path, None))
-                body = server.files.get(self.path)
-                status = server.status.get(self.path, 404 if body is None else 200)
-                self.send_response(status)
-                if body is not None:
-                    self.send_header("Content-Length", str(len(body)))
-                for k, v in server.headers.get(self.path, {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-
-            def do_GET(self) -> None:  # noqa: N802
-                rng = self.headers.get("Range")
-                server.requests.append(("GET", self.path, rng))
-                if self.path in server.status:
-                    self.send_response(server.status[self.path])
-                    self.end_headers()
-                    return
-                if self.path in server.ignore_range:
-                    rng = None
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                start = 0
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                payload = body[start:]
-                if server.short.get(self.path, 0) > 0:
-                    server.short[self.path] -= 1
-                    self.wfile.write(payload[: len(payload) // 2])
-                    self.wfile.flush()
-                    self.connection.shutdown(2)
-                    return
-                if self.path in server.drop_first and not rng:
-                    server.drop_first.discard(self.path)
-                    self.wfile.write(payload[: len(payload) // 2])
-                    self.wfile.flush()
-                    self.connection.shutdown(2)
-                    return
-                for i in range(0, len(payload), 16384):
-                    try:
-                        self.wfile.write(payload[i : i + 16384])
-                    except (BrokenPipeError, ConnectionResetError):
-                        return
-                    if server.throttle:
-                        time.sleep(server.throttle)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server():
-    s = Server()
-    yield s
-    s.close()
 
 
 def tiny_jpeg(seed: int) -> bytes:
@@ -521,21 +429,9 @@ def safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:
 
 
 @pytest.fixture
-def hub(server, monkeypatch):
+def hub(hub_online):
     """The local server answering like the Hub for resnet10t's default weights, online."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    # The Hub read HF_HUB_OFFLINE=1 (conftest) when timm first imported it: clear its copy too.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    # Online, the Hub client also fetches an "agent harness" registry from its import-time
-    # endpoint once a day, to build its User-Agent: give it an empty one, so nothing leaves.
-    from huggingface_hub.utils import _detect_agent
-
-    monkeypatch.setattr(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY)
-    monkeypatch.setattr(time, "sleep", lambda s: None)  # the Hub's own backoff between retries
-    return serve_weights(server, 3)
+    return serve_weights(hub_online, 3)
 
 
 def backbone_equal(model, sd) -> bool:
@@ -628,9 +524,17 @@ def test_weights_download_then_pretrained_loads_those_tensors(runner, hub, serve
     assert "already present" in r.stdout and len(server.requests) == n
 
 
+def imagenet_state(arch: str, seed: int) -> dict[str, torch.Tensor]:
+    """An ImageNet classifier's state dict for ``arch``: 1000-class head, random numbers."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, num_classes=1000)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
 def test_weights_import_from_a_local_pth(runner, tmp_path):
-    torch.manual_seed(5)
-    sd = create_model("resnet10t").state_dict()
+    sd = imagenet_state("resnet10t", 5)
     torch.save(sd, tmp_path / "w.pth")
     r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(tmp_path / "w.pth")])
     assert r.exit_code == 0, r.output
@@ -658,8 +562,7 @@ def test_wrong_arch_import_names_the_file_and_no_internal_path(runner, tmp_path,
 def test_from_another_file_refuses_without_force_then_replaces(runner, tmp_path):
     files = {}
     for seed in (1, 2):
-        torch.manual_seed(seed)
-        sd = {k: v.contiguous() for k, v in create_model("resnet10t").state_dict().items()}
+        sd = imagenet_state("resnet10t", seed)
         files[seed] = (tmp_path / f"w{seed}.safetensors", sd)
         files[seed][0].write_bytes(safetensors_bytes(sd))
     assert download_weights("resnet10t", from_path=files[1][0]).already_present is False
@@ -701,7 +604,10 @@ def test_download_cli_tables_every_part_and_errors_each_failure(runner, hub, ser
     assert "part" in r.stdout and "message" in r.stdout  # the header
     assert "Error: dataset: HTTP 404" in r.stderr
     assert "Error: weights resnet50: " in r.stderr
-    assert r.stderr.count("Hint:") == 2 and "--source" not in r.stderr.split("weights resnet50")[1]
+    assert (
+        r.stderr.count("Hint:") == 2
+        and "--source" not in r.stderr.split("Error: weights resnet50")[1]
+    )
     r = runner.invoke(app, ["download", "weights", "resnet10t", "nosuchnet", "--json"])
     assert r.exit_code == 1
     report = json.loads(r.stdout)
@@ -762,3 +668,119 @@ def test_dataset_from_another_copy_refuses_without_force(tmp_path, dataset_zip, 
     result = download_dataset(from_path=second, force=True)
     assert not result.already_present and result.source == f"--from {second}"
     assert sorted(p.name for p in (smokerdet_home / "datasets").iterdir()) == ["smoker-detection"]
+
+
+# -- what a file imported as ImageNet weights is -----------------------------------------------
+
+
+def test_a_smokerdet_model_is_not_imported_as_imagenet_weights(
+    runner, trained_model, tmp_path, smokerdet_home
+):
+    src = trained_model / "model.safetensors"  # a 1-logit head, 32 px, trained from scratch
+    r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(src)])
+    assert r.exit_code == 1
+    assert (
+        f"Error: weights resnet10t: {src} is not ImageNet weights for resnet10t: it is a "
+        "smokerdet model with a 1-class head (fc.weight), where ImageNet weights have 1000 "
+        "classes; it was not imported"
+    ) in r.stderr
+    assert f"Hint: start from its model with `smokerdet train --init {trained_model}`" in r.stderr
+    assert "add --force" in r.stderr
+    assert not (smokerdet_home / "weights").exists()
+    with pytest.raises(WeightsError, match="not cached and HF_HUB_OFFLINE is set"):
+        create_model("resnet10t", pretrained=True)
+    # Away from its model.json, its safetensors metadata still says what it is.
+    alone = tmp_path / "alone.safetensors"
+    alone.write_bytes(src.read_bytes())
+    r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(alone)])
+    assert r.exit_code == 1 and "it is a smokerdet model with a 1-class head" in r.stderr
+    assert "--init MODEL_FOLDER" in r.stderr
+
+
+def test_a_file_without_a_head_or_with_another_needs_force(runner, tmp_path):
+    sd = imagenet_state("resnet10t", 4)
+    headless = tmp_path / "backbone.safetensors"
+    headless.write_bytes(
+        safetensors_bytes({k: v for k, v in sd.items() if not k.startswith("fc.")})
+    )
+    r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(headless)])
+    assert r.exit_code == 1
+    assert "it has no classifier head (fc.weight is missing)" in r.stderr
+    assert f"`smokerdet train --weights {headless}`" in r.stderr
+    ten = tmp_path / "ten.pth"
+    torch.save({**sd, "fc.weight": sd["fc.weight"][:10], "fc.bias": sd["fc.bias"][:10]}, ten)
+    r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(ten)])
+    assert r.exit_code == 1 and "it is a classifier with a 10-class head (fc.weight)" in r.stderr
+
+
+def test_forced_import_is_kept_apart_and_recorded_as_such(
+    runner, trained_model, flat_data, tmp_path, smokerdet_home
+):
+    from safetensors.torch import load_file
+
+    from smokerdet.models.checkpoint import read_meta
+
+    src = trained_model / "model.safetensors"
+    r = runner.invoke(
+        app, ["download", "weights", "resnet10t", "--from", str(src), "--force", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    w = json.loads(r.stdout)["parts"][0]["weights"]
+    assert w["kind"] == "forced-import"
+    assert w["tag"] == "resnet10t (forced import, not ImageNet)"
+    assert w["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    record = json.loads((smokerdet_home / "weights/forced/resnet10t/import.json").read_text())
+    assert record["source"] == f"--from {src}" and "smokerdet model" in record["reason"]
+    assert not list((smokerdet_home / "weights").glob("models--*"))  # never as c3_in1k
+    listed = json.loads(runner.invoke(app, ["download", "--list", "--json"]).stdout)["weights"]
+    assert {"arch": "resnet10t", "kind": "forced-import", "present": True}.items() <= listed[
+        -1
+    ].items()
+
+    args = [a for a in TINY_TRAIN_ARGS if a != "--no-pretrained"]
+    r = runner.invoke(app, [*args, "--epochs", "1", "--data", str(flat_data), "--name", "forced"])
+    assert r.exit_code == 0, r.output
+    assert "Warning: --pretrained uses weights imported with --force (not ImageNet)" in r.stderr
+    provenance = read_meta(smokerdet_home / "models" / "forced").provenance
+    assert provenance == {
+        "weights": "resnet10t (forced import, not ImageNet)",
+        "weights_kind": "forced-import",
+        "weights_sha256": w["sha256"],
+    }
+
+    # Real ImageNet weights take over again, and the forced import goes.
+    good = tmp_path / "in1k.safetensors"
+    sd = imagenet_state("resnet10t", 6)
+    good.write_bytes(safetensors_bytes(sd))
+    r = runner.invoke(app, ["download", "weights", "resnet10t", "--from", str(good), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["parts"][0]["weights"]["kind"] == "imagenet"
+    assert not (smokerdet_home / "weights" / "forced").exists()
+    model = create_model("resnet10t", pretrained=True)
+    assert torch.equal(model.state_dict()["conv1.0.weight"], sd["conv1.0.weight"])
+    assert not torch.equal(load_file(str(src))["conv1.0.weight"], sd["conv1.0.weight"])
+
+
+# -- offline: fast, and the hints name every way out ----------------------------------------------
+
+
+def test_train_without_the_hub_hints_at_no_pretrained_and_weights(runner, hub, server, flat_data):
+    server.close()
+    args = [a for a in TINY_TRAIN_ARGS if a != "--no-pretrained"]
+    r = runner.invoke(app, [*args, "--data", str(flat_data)])
+    assert r.exit_code == 1
+    assert "Error: cannot reach the Hub at http://127.0.0.1" in r.stderr
+    hint = r.stderr.split("Hint: ", 1)[1]
+    assert "download weights resnet10t --from FILE" in hint and "HF_ENDPOINT" in hint
+    assert "--no-pretrained" in hint and "--weights FILE" in hint
+
+
+def test_download_without_the_hub_says_so_at_once(runner, hub, server, monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # the Hub client's backoff, recorded
+    server.close()
+    r = runner.invoke(app, ["download", "weights", "resnet10t"])
+    assert r.exit_code == 1
+    assert sum(slept) < 2, slept
+    assert r.stderr.startswith("weights resnet10t: asking the Hub at http://127.0.0.1")
+    assert "Error: weights resnet10t: cannot reach the Hub" in r.stderr

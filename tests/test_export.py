@@ -266,6 +266,8 @@ def test_export_command_unknown_model_is_exit_1(runner):
     assert r.exit_code == 1
     assert r.stderr.startswith("Error: no model named or at 'no-such-model'")
     assert "Hint: " in r.stderr and r.stdout == ""
+    # export takes MODEL, not --model: the hint says how it takes a path
+    assert "--model" not in r.stderr and "smokerdet export PATH" in r.stderr
 
 
 def test_export_command_unwritable_out_is_exit_1(runner, model_copy: Path, tmp_path: Path):

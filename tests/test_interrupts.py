@@ -117,8 +117,18 @@ def test_predict_table_keeps_the_rows_it_printed(tmp_path, many_photos):
     assert f"model default: {done} of 300 images" in err
     assert (
         f"Hint: the rows printed are complete for the first {done} images; "
-        "run the same command again to label all 300"
+        "run the same command again to label all 300; a run that can pick up where it "
+        "stopped: add --output FILE, then --resume"
     ) in err
+
+
+def test_only_a_large_predict_run_is_pointed_at_a_resumable_one():
+    from smokerdet.cli._output import LARGE_RUN, PredictSummary, _interrupted
+
+    small = _interrupted(PredictSummary(total=LARGE_RUN - 1, done=3), None)
+    assert small.hint.endswith(f"run the same command again to label all {LARGE_RUN - 1}")
+    large = _interrupted(PredictSummary(total=LARGE_RUN, done=3), None)
+    assert "--output FILE, then --resume" in large.hint
 
 
 def test_predict_csv_file_keeps_its_rows(tmp_path, many_photos):

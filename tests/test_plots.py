@@ -84,3 +84,37 @@ def test_importing_smokerdet_does_not_import_matplotlib():
 def test_training_writes_its_curves_into_the_model_folder(trained_model):
     # The session's tiny model was really trained through the CLI.
     assert _decoded(trained_model / TRAINING_FILE) == (SIZE[0], SIZE[1] * 2)
+
+
+def _axes():
+    from smokerdet.plots import FIGSIZE, _pyplot
+
+    return _pyplot().subplots(figsize=FIGSIZE, layout="constrained")
+
+
+def test_roc_legend_gives_the_area_under_the_curve():
+    from smokerdet.plots import _curve_points, _roc
+
+    y, p = [0, 1, 1, 0], [0.9, 0.8, 0.3, 0.2]
+    fig, ax = _axes()
+    _roc(ax, _curve_points(y, p), 0.5, 0.5)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "ROC (AUC 0.500)" in texts
+    fig, ax = _axes()
+    _roc(ax, _curve_points([1, 1], [0.4, 0.6]), 0.5, None)
+    assert "one class only" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_precision_recall_legend_covers_no_point_of_the_curve():
+    # The top-scored photo is negative: the curve starts at recall 0, precision 0, the lower
+    # left corner, where the legend used to sit.
+    from smokerdet.plots import _curve_points, _pr
+
+    fig, ax = _axes()
+    points = _curve_points([0, 1, 1, 0], [0.9, 0.8, 0.3, 0.2])
+    _pr(ax, points, 0.5)
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    for _, _, recall, precision in points:
+        x, y = ax.transData.transform((recall, precision))
+        assert not box.contains(x, y), (recall, precision)

@@ -569,15 +569,21 @@ def _print_summary(summary: PredictSummary) -> None:
     )
 
 
+#: Images from which an interrupted ``predict`` suggests a resumable run (``--output``).
+LARGE_RUN = 200
+
+
 def _interrupted(summary: PredictSummary, csv_file: Path | None) -> Interrupted:
     where = f"the rows printed{f' and in {csv_file}' if csv_file else ''}"
     if summary.done == 0:
         kept = "no image had finished"
     else:
         kept = f"{where} are complete for the first {summary.done} images"
+    hint = f"{kept}; run the same command again to label all {summary.total}"
+    if summary.total >= LARGE_RUN:
+        hint += "; a run that can pick up where it stopped: add --output FILE, then --resume"
     return Interrupted(
-        f"predict interrupted after {summary.done} of {summary.total} images",
-        hint=f"{kept}; run the same command again to label all {summary.total}",
+        f"predict interrupted after {summary.done} of {summary.total} images", hint=hint
     )
 
 

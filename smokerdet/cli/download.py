@@ -69,6 +69,7 @@ def _run(
         print_download_problems,
         print_json,
         render_download_report,
+        say,
     )
     from smokerdet.download import download_all
 
@@ -81,6 +82,7 @@ def _run(
             force=force,
             allow_partial=allow_partial,
             progress=progress.update,
+            on_part=lambda line: say(f"{line}..."),
         )
     print_json(report.to_dict()) if json_out else render_download_report(report)
     print_download_problems(report)

@@ -14,7 +14,8 @@ ExportModelArg = Annotated[
     str | None,
     typer.Argument(
         metavar="MODEL",
-        help="Model name, folder, 'latest' or 'default' (default: the active model).",
+        help="Model name, folder, 'latest', 'default' or hf://ORG/NAME (default: the active "
+        "model).",
         show_default=False,
     ),
 ]
@@ -51,6 +52,15 @@ def export(
         smokerdet export mymodel --refit-familiarity photos/
     """
     from smokerdet.cli._output import render_export
+    from smokerdet.errors import ConfigError
     from smokerdet.inference import export_model
+    from smokerdet.models import resolve_model
 
-    render_export(export_model(ExportConfig(model, out, refit_familiarity)))
+    if model is not None and model.startswith("hf://") and out is None:
+        raise ConfigError(
+            f"{model} lives in the Hub cache, which export does not write into",
+            hint=f"write a copy with --out FILE: smokerdet export {model} --out model.onnx",
+        )
+    # Resolved here so that an unknown MODEL's hint says how export takes a path.
+    _, folder = resolve_model(model, how="give MODEL as a model folder: smokerdet export PATH")
+    render_export(export_model(ExportConfig(str(folder), out, refit_familiarity)))

@@ -1,4 +1,5 @@
-"""``smokerdet models``: list the models, choose the one that answers by default, remove one.
+"""``smokerdet models``: list the models, choose the one that answers by default, remove one,
+push one to the Hugging Face Hub.
 
 Each sub-command calls one function of :mod:`smokerdet.models`. The choice of default is what
 ``predict``, ``eval`` and ``serve`` use when no ``--model`` is given; training never changes it.
@@ -13,7 +14,7 @@ import typer
 from smokerdet.cli._options import Command, JsonOpt
 
 app = typer.Typer(
-    help="List the models, choose the one that answers by default, remove one.",
+    help="List the models, choose the one that answers by default, remove one, share one.",
     invoke_without_command=True,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -113,6 +114,48 @@ def remove(name: NameArg) -> None:
             f"Note: {name} was the default model; the shipped model answers now "
             "(choose another with `smokerdet models default NAME`)"
         )
+
+
+@app.command("push", cls=Command)
+def push(
+    name: NameArg,
+    repo_id: Annotated[
+        str, typer.Argument(metavar="ORG/NAME", help="The Hub repo (created if it is missing).")
+    ],
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repo private (read with HF_TOKEN).")
+    ] = False,
+    message: Annotated[
+        str | None, typer.Option("--message", metavar="TEXT", help="The commit message.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Share a model on the Hugging Face Hub, with a model card and a SHA-256 manifest.
+
+    One commit uploads model.json (local paths cut to their last part), the weights, the
+    ONNX file, the familiarity and rehearsal files, a README.md model card and
+    smokerdet.json, every file's SHA-256, checked on every pull. HF_TOKEN (or `hf auth
+    login`) gives write access; HF_ENDPOINT points to another Hub. Anyone can then use it
+    with --model hf://ORG/NAME; the hf://ORG/NAME@COMMIT printed pins this upload.
+
+    Example:
+
+    \b
+        smokerdet models push my-site acme/smokerdet-site --private
+        smokerdet predict --model hf://acme/smokerdet-site photos/
+    """
+    from smokerdet.cli._output import out, print_json, say
+    from smokerdet.models import push_model
+
+    result = push_model(name, repo_id, private=private, message=message)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    out().print(result.spec, markup=False, highlight=False)
+    made = "; model.onnx exported for it" if result.exported else ""
+    say(
+        f"Pushed {result.model} to {result.repo_id}: {len(result.files)} files{made} ({result.commit_url})"
+    )
 
 
 def _label(name: str) -> str:

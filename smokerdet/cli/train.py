@@ -42,6 +42,15 @@ ResumeOpt = Annotated[
         "from that run).",
     ),
 ]
+TrackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--track",
+        metavar="mlflow|tensorboard",
+        help="Log the run to MLflow (MLFLOW_TRACKING_URI, else a local store in the data dir) "
+        "or TensorBoard; needs pip install 'smokerdet[mlflow]' or 'smokerdet[tensorboard]'.",
+    ),
+]
 
 
 def train(
@@ -70,6 +79,7 @@ def train(
     cv: CvOpt = C.cv,
     recipe: RecipeOpt = C.recipe,
     resume: ResumeOpt = None,
+    track: TrackOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on labelled photos and save it in the data dir.
@@ -96,26 +106,30 @@ def train(
     \b
         smokerdet train --arch resnet18 --no-pretrained --data ./smoker-detection --epochs 10
     """
-    # Every parameter but these two is the TrainConfig field of the same name.
-    options = {k: v for k, v in locals().items() if k not in ("resume", "json_out")}
+    # Every parameter but these three is the TrainConfig field of the same name.
+    options = {k: v for k, v in locals().items() if k not in ("resume", "track", "json_out")}
     from smokerdet import distributed
     from smokerdet.cli._output import RichTrainReporter, print_json, render_cv, render_train, say
     from smokerdet.errors import ConfigError
     from smokerdet.training import CVResult, TrainResult, resume_training
     from smokerdet.training import train as run_train
+    from smokerdet.training.tracking import track_run
 
     result: TrainResult | CVResult
-    if resume is None:
-        result = run_train(C(**{**options, "device": device.value}), RichTrainReporter())
-    elif cv:
+    if resume is not None and cv:
         raise ConfigError(
             "--cv and --resume can't be combined: --resume continues an interrupted run "
             "with that run's own options",
             hint="drop --cv to resume, or start a new --cv run without --resume",
         )
-    else:
-        result = resume_training(resume, RichTrainReporter())
-    if not distributed.world_from_env().is_main:
+    main_rank = distributed.world_from_env().is_main
+    cfg = None if resume is not None else C(**{**options, "device": device.value})
+    with track_run(track if main_rank else None, RichTrainReporter(), cfg) as run:
+        result = (
+            resume_training(resume, run.reporter) if cfg is None else run_train(cfg, run.reporter)
+        )
+        run.finish(result)
+    if not main_rank:
         return  # the main rank reports
     if json_out:
         print_json(result.to_dict())

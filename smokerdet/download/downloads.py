@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from smokerdet.download.archives import MAX_EXTRACT_BYTES, extract_archive, inne
 from smokerdet.download.fetch import HttpOptions
 from smokerdet.download.manifest import EXPECTED_SPLITS, VerifyReport, verify_dataset
 from smokerdet.download.sources import SOURCES, Source, copy_folder, fetch_dataset, pick_sources
-from smokerdet.errors import DownloadError, SmokerdetError
+from smokerdet.errors import DownloadError, SmokerdetError, WeightsError
 from smokerdet.paths import datasets_dir, default_dataset_dir
 
 __all__ = [
@@ -210,7 +211,11 @@ def _install(extracted: Path, used: str, target: Path, allow_partial: bool) -> D
 
 @dataclass
 class WeightsResult:
-    """What ``download weights`` did for one architecture."""
+    """What ``download weights`` did for one architecture.
+
+    ``kind`` is ``imagenet``, or ``forced-import`` for a file that is not an ImageNet
+    classifier, imported with ``--force`` (``tag`` then says so, never a timm tag).
+    """
 
     arch: str
     tag: str
@@ -219,6 +224,7 @@ class WeightsResult:
     sha256: str = ""
     size_bytes: int = 0
     source: str = ""
+    kind: str = "imagenet"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,19 +239,32 @@ def download_weights(
     """Put ImageNet weights for ``arch`` into the weights cache, from the Hub or a local file.
 
     Either way the file is checked to load into the architecture (every tensor but the
-    classifier) before it is cached, so ``train --pretrained`` can rely on it offline.
+    classifier) before it is cached, so ``train --pretrained`` can rely on it offline. An
+    imported file must also be an ImageNet classifier: its head has ImageNet's number of
+    classes. One that is not (a smokerdet model, a backbone without its head) is refused, or
+    with ``force`` kept apart as a forced import, which ``--pretrained`` then uses and records
+    as such. ImageNet weights installed here replace a forced import.
 
     Args:
         arch: a timm architecture with Hub weights (``resnet50``).
         from_path: import this ``.safetensors`` or state-dict ``.pth`` instead of downloading.
-        force: download again; with ``from_path``, replace cached weights that differ.
+        force: download again; with ``from_path``, replace cached weights that differ, or
+            import a file that is not ImageNet weights.
 
     Raises:
-        WeightsError: the Hub path failed, or the file does not fit ``arch``.
+        WeightsError: the Hub path failed, the file does not fit ``arch``, or it is not an
+            ImageNet classifier and ``force`` is not given.
         DownloadError: ``from_path`` is missing, or differs from the cached file without
             ``force``.
     """
-    from smokerdet.models import cached_file, hub_repo, hub_settings, is_intact, pretrained_file
+    from smokerdet.models import (
+        cached_file,
+        forget_forced,
+        hub_repo,
+        hub_settings,
+        is_intact,
+        pretrained_file,
+    )
 
     repo = hub_repo(arch)
     if from_path is not None:
@@ -253,9 +272,10 @@ def download_weights(
     before = cached_file(repo)
     present = before is not None and not force and is_intact(before)
     path = pretrained_file(arch, force=force)
+    replaced = forget_forced(arch)
     endpoint, _ = hub_settings()
     source = "cache" if present else f"Hub {endpoint or 'https://huggingface.co'}"
-    return _result(arch, repo, path, present, source)
+    return _result(arch, repo, path, present and not replaced, source)
 
 
 def _result(arch: str, repo: str, path: Path, present: bool, source: str) -> WeightsResult:
@@ -266,12 +286,63 @@ def _result(arch: str, repo: str, path: Path, present: bool, source: str) -> Wei
     )
 
 
+def not_imagenet(model: Any, sd: dict[str, Any], arch: str, src: Path) -> str | None:
+    """Why the state dict ``sd`` (from ``src``) is not ``arch``'s ImageNet classifier, or None.
+
+    A CNN's weights do not show the input size they were trained at, but the head shows what
+    they were trained for: ImageNet's has one row per ImageNet class (1000 for in1k tags, as
+    many as the default tag's config says), a smokerdet model's one row, a backbone-only file
+    none at all. ``model`` is a smokerdet model of ``arch`` (one logit) whose backbone ``sd``
+    already fits.
+    """
+    from timm.models import get_pretrained_cfg
+
+    from smokerdet.models import classifier_prefixes
+
+    classes = int(getattr(get_pretrained_cfg(arch), "num_classes", 0) or 1000)
+    own = model.state_dict()
+    for prefix in classifier_prefixes(model):
+        for key in (f"{prefix}.weight", f"{prefix}.bias"):
+            if key not in own:
+                continue
+            expected = (classes, *own[key].shape[1:])
+            imagenet = f"where ImageNet weights have {classes} classes"
+            if key not in sd:
+                return f"it has no classifier head ({key} is missing), {imagenet}"
+            shape = tuple(sd[key].shape)
+            if shape != expected:
+                head = (
+                    f"a {shape[0]}-class head"
+                    if shape[1:] == expected[1:]
+                    else f"a head of shape {shape}"
+                )
+                who = "a smokerdet model" if _is_smokerdet(src) else "a classifier"
+                return f"it is {who} with {head} ({key}), {imagenet}"
+    return None
+
+
+def _is_smokerdet(src: Path) -> bool:
+    """Whether ``src`` is a smokerdet model's weights: beside a ``model.json``, or saved with
+    smokerdet's ``arch`` entry in its safetensors metadata."""
+    if (src.parent / "model.json").is_file():
+        return True
+    if src.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with contextlib.suppress(Exception):
+        with safe_open(str(src), "pt") as f:
+            return "arch" in (f.metadata() or {})
+    return False
+
+
 def _import_weights(arch: str, repo: str, src: Path, force: bool) -> WeightsResult:
     import torch
 
     from smokerdet.models import (
         cached_file,
         create_model,
+        forget_forced,
         import_weights,
         load_backbone_state,
         read_state_dict,
@@ -280,19 +351,24 @@ def _import_weights(arch: str, repo: str, src: Path, force: bool) -> WeightsResu
     if not src.is_file():
         raise DownloadError(f"--from {src}: no such file")
     sd = read_state_dict(src)
+    model = create_model(arch)
     load_backbone_state(
-        create_model(arch),
+        model,
         sd,
         str(src),
         hint=f"give the architecture the file was saved from: "
         f"smokerdet download weights ARCH --from {src}",
     )
+    problem = not_imagenet(model, sd, arch, src)
+    if problem is not None:
+        return _import_forced(arch, src, sd, problem, force)
     cached = cached_file(repo)
     if cached is not None:
         old = read_state_dict(cached)
         same = old.keys() == sd.keys() and all(torch.equal(old[k], sd[k]) for k in sd)
         if same:
-            return _result(arch, repo, cached, True, f"--from {src}")
+            replaced = forget_forced(arch)
+            return _result(arch, repo, cached, not replaced, f"--from {src}")
         if not force:
             raise DownloadError(
                 f"other weights for {arch} are already cached; {src} was not imported",
@@ -300,21 +376,56 @@ def _import_weights(arch: str, repo: str, src: Path, force: bool) -> WeightsResu
                 f"--from {src} --force",
             )
     raw = src if src.suffix == ".safetensors" else None
-    return _result(arch, repo, import_weights(repo, sd, raw), False, f"--from {src}")
+    path = import_weights(repo, sd, raw)
+    forget_forced(arch)
+    return _result(arch, repo, path, False, f"--from {src}")
+
+
+def _import_forced(
+    arch: str, src: Path, sd: dict[str, Any], problem: str, force: bool
+) -> WeightsResult:
+    """Refuse a file that is not ImageNet weights, or with ``force`` keep it apart."""
+    from smokerdet.models import import_forced
+
+    if not force:
+        if (src.parent / "model.json").is_file():
+            start = f"start from its model with `smokerdet train --init {src.parent}`"
+        elif _is_smokerdet(src):
+            start = "start from its model with `smokerdet train --init MODEL_FOLDER`"
+        else:
+            start = f"use it for one run with `smokerdet train --weights {src}`"
+        raise WeightsError(
+            f"{src} is not ImageNet weights for {arch}: {problem}; it was not imported",
+            hint=f"{start}; or add --force to make it {arch}'s --pretrained backbone anyway "
+            "(recorded as a forced import)",
+        )
+    raw = src if src.suffix == ".safetensors" else None
+    kept = import_forced(arch, sd, raw, f"--from {src}", problem)
+    size = kept.path.stat().st_size
+    return WeightsResult(
+        arch, kept.tag, str(kept.path), False, kept.sha256, size, f"--from {src}", kept.kind
+    )
 
 
 def weights_status() -> list[dict[str, Any]]:
-    """The default tag of each documented architecture, and whether it is cached."""
-    from smokerdet.models import cached_file, hub_repo, tag_of
+    """What ``--pretrained`` would use for each documented architecture and each one with a
+    forced import: the default ImageNet tag and whether it is cached, or the forced import."""
+    from smokerdet.models import cached_file, forced_archs, forced_import, hub_repo, tag_of
 
     out = []
-    for arch in LISTED_ARCHS:
-        repo = hub_repo(arch)
-        path = cached_file(repo)
+    for arch in dict.fromkeys([*LISTED_ARCHS, *forced_archs()]):
+        path: Path | None
+        forced = forced_import(arch)
+        if forced is not None:
+            tag, path, kind = forced.tag, forced.path, forced.kind
+        else:
+            repo = hub_repo(arch)
+            tag, path, kind = tag_of(repo), cached_file(repo), "imagenet"
         out.append(
             {
                 "arch": arch,
-                "tag": tag_of(repo),
+                "tag": tag,
+                "kind": kind,
                 "path": str(path) if path else "",
                 "present": path is not None,
                 "size_bytes": path.stat().st_size if path else 0,
@@ -403,6 +514,32 @@ def _weights_part(arch: str, from_path: Any, force: bool) -> PartResult:
     return PartResult(f"weights {arch}", w.source, result, w.path, weights=w)
 
 
+def _dataset_errand(source: str | None, from_path: Any, force: bool) -> str | None:
+    """What fetching the dataset is about to do, when it is more than finding it present."""
+    if from_path is not None:
+        return f"dataset: importing {from_path}"
+    if default_dataset_dir().is_dir() and not force:
+        return None
+    tried = source or ", then ".join(s.id for s in SOURCES)
+    return f"dataset: downloading from {tried}"
+
+
+def _weights_errand(arch: str, from_path: Any, force: bool) -> str | None:
+    """What fetching ``arch``'s weights is about to do, when it is more than a cache hit."""
+    from smokerdet.models import cached_file, hub_repo, hub_settings
+
+    if from_path is not None:
+        return f"weights {arch}: importing {from_path}"
+    try:
+        cached = cached_file(hub_repo(arch))
+    except SmokerdetError:
+        return None  # an unknown arch: its part says so
+    if cached is not None and not force:
+        return None
+    endpoint, _ = hub_settings()
+    return f"weights {arch}: asking the Hub at {endpoint or 'https://huggingface.co'}"
+
+
 def download_all(
     what: str | None,
     archs: list[str],
@@ -412,21 +549,32 @@ def download_all(
     force: bool = False,
     allow_partial: bool = False,
     progress: Callable[[int, int | None], None] | None = None,
+    on_part: Callable[[str], None] | None = None,
 ) -> DownloadReport:
     """``smokerdet download``: the dataset and/or weights (``resnet50`` by default), each tried.
 
     A failed part is reported (its message, hint and exit code) and the next part is tried
     all the same. Usage errors (an unknown ``--source``) are raised before anything is tried.
 
+    Args:
+        on_part: told one line before a part goes to the network or imports a file
+            (``weights resnet50: asking the Hub at https://huggingface.co``), so a slow
+            network is never silence; not told of a part already present.
+
     Raises:
         ConfigError: ``source`` is neither a known source id nor a URL.
     """
     from smokerdet.models import DEFAULT_ARCH
 
+    def tell(line: str | None) -> None:
+        if line is not None and on_part is not None:
+            on_part(line)
+
     parts = []
     if what in (None, "dataset"):
         if from_path is None or what is None:
             pick_sources(source, SOURCES)  # an unknown --source is a usage error, not a failure
+        tell(_dataset_errand(source, from_path if what == "dataset" else None, force))
         parts.append(
             _dataset_part(
                 source,
@@ -438,7 +586,9 @@ def download_all(
         )
     if what in (None, "weights"):
         imported = from_path if what == "weights" else None
-        parts += [_weights_part(a, imported, force) for a in (archs or [DEFAULT_ARCH])]
+        for arch in archs or [DEFAULT_ARCH]:
+            tell(_weights_errand(arch, imported, force))
+            parts.append(_weights_part(arch, imported, force))
     return DownloadReport(parts)
 
 

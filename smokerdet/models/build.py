@@ -34,8 +34,9 @@ def create_model(
     Args:
         arch: any timm model name (``resnet50``, ``resnet10t``, ``tf_efficientnet_lite0``...).
         pretrained: load timm's ImageNet weights from the weights cache, downloading them
-            through the Hugging Face Hub client on first use (see :mod:`smokerdet.weights`).
-            Never falls back to random weights.
+            through the Hugging Face Hub client on first use (see :mod:`smokerdet.models.hub`),
+            or the weights imported for ``arch`` with ``download weights --force``. Never falls
+            back to random weights.
         weights: a local state dict (safetensors or ``.pth``) for the backbone; its classifier
             head is dropped and replaced.
 
@@ -51,9 +52,17 @@ def create_model(
     model = timm.create_model(arch, pretrained=False, num_classes=1)
     reset_head(model)
     if pretrained:
-        from smokerdet.models.hub import pretrained_file
+        from smokerdet.models.hub import pretrained_weights
 
-        load_backbone_weights(model, pretrained_file(arch))
+        try:
+            backbone = pretrained_weights(arch)
+        except WeightsError as e:
+            # Training can do without them; the hint says how wherever they failed.
+            raise WeightsError(
+                e.message,
+                hint=f"{e.hint}; or train without them: --no-pretrained, or --weights FILE",
+            ) from None
+        load_backbone_weights(model, backbone.path)
     elif weights:
         load_backbone_weights(model, weights)
     return model

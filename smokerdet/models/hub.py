@@ -7,6 +7,12 @@ is there it is used without any request, so later runs work offline. Each use ch
 cached blob against its name (the SHA-256 the Hub gave as its ETag) and fetches a corrupt one
 again. ``import_weights`` puts a file brought in by hand (``--from``) into the same layout.
 
+A file that is not an ImageNet classifier (a smokerdet model, a backbone without its head) can
+still be imported with ``--force``: it is kept apart from the Hub's layout, under
+``forced/<arch>/`` with an ``import.json`` saying where it came from and why it is not ImageNet,
+so it is never taken for (or recorded as) the ``a1_in1k`` weights. ``--pretrained`` uses it,
+with a warning, until ``smokerdet download weights ARCH`` installs ImageNet weights again.
+
 Example:
     >>> from smokerdet.models.hub import hub_repo
     >>> hub_repo("resnet50")  # doctest: +SKIP
@@ -17,15 +23,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from smokerdet._io import atomic_write_bytes, atomic_write_json, sha256_file
 from smokerdet.errors import WeightsError
 from smokerdet.paths import weights_dir
 
@@ -34,6 +46,13 @@ log = logging.getLogger("smokerdet")
 FILENAME = "model.safetensors"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+DEFAULT_ENDPOINT = "https://huggingface.co"
+#: Seconds to wait for a TCP connection to the Hub before saying it cannot be reached.
+PROBE_TIMEOUT_S = 3.0
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")  # fmt: skip
+#: Weights imported with ``--force`` (not ImageNet): ``weights_dir()/forced/<arch>/``.
+FORCED = "forced"
+IMPORT_RECORD = "import.json"
 
 
 def hub_repo(arch: str) -> str:
@@ -98,8 +117,6 @@ def is_intact(path: Path) -> bool:
     blob = path.resolve()
     if not _SHA256.fullmatch(blob.name):
         return True
-    from smokerdet._io import sha256_file
-
     return sha256_file(blob) == blob.name
 
 
@@ -125,8 +142,10 @@ def pretrained_file(arch: str, *, force: bool = False) -> Path:
         raise WeightsError(
             f"ImageNet weights for {arch} are {state} and HF_HUB_OFFLINE is set",
             hint=f"unset HF_HUB_OFFLINE, or import a file: smokerdet download weights {arch} "
-            "--from FILE; or train with --weights FILE or --no-pretrained",
+            "--from FILE",
         )
+    if not reachable(endpoint):
+        raise _unreachable(arch, endpoint)
     path = _hub_download(arch, repo, endpoint, force)
     if not is_intact(path):
         _forget(repo)
@@ -135,6 +154,24 @@ def pretrained_file(arch: str, *, force: bool = False) -> Path:
             hint="run the command again; if it persists, check HF_ENDPOINT",
         )
     return path
+
+
+def reachable(endpoint: str | None, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the Hub's host opens within ``timeout`` seconds.
+
+    Offline, the Hub client retries for about half a minute (five tries, backing off 1 to 8 s)
+    before it gives up, saying nothing meanwhile; one failed connection here says it at once.
+    Behind a proxy the Hub's host is not ours to reach, so nothing is probed.
+    """
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    url = urlsplit(endpoint or DEFAULT_ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError:  # no route, refused, DNS failed (gaierror), timed out
+        return False
+    return True
 
 
 def _hub_download(arch: str, repo: str, endpoint: str | None, force: bool) -> Path:
@@ -187,7 +224,7 @@ def _progress_bar() -> Any:
     return tqdm
 
 
-def _status_of(e: BaseException) -> int | None:
+def status_of(e: BaseException) -> int | None:
     """The HTTP status behind a Hub error, looking through the chain it was raised from."""
     seen: BaseException | None = e
     while seen is not None:
@@ -199,9 +236,9 @@ def _status_of(e: BaseException) -> int | None:
 
 
 def _hub_error(e: Exception, arch: str, repo: str, endpoint: str | None) -> WeightsError:
-    where = endpoint or "https://huggingface.co"
+    where = endpoint or DEFAULT_ENDPOINT
     from_hint = f"smokerdet download weights {arch} --from FILE"
-    status = _status_of(e)
+    status = status_of(e)
     if status in (401, 403):
         return WeightsError(
             f"the Hub at {where} refused {repo} (HTTP {status}): the repo is gated or private",
@@ -222,9 +259,15 @@ def _hub_error(e: Exception, arch: str, repo: str, endpoint: str | None) -> Weig
         return WeightsError(
             f"the download of {repo} was cut short", hint="run the command again; it starts over"
         )
+    return _unreachable(arch, endpoint)
+
+
+def _unreachable(arch: str, endpoint: str | None) -> WeightsError:
     return WeightsError(
-        f"cannot reach the Hub at {where} for {arch}'s ImageNet weights (no network?)",
-        hint=f"import a file: {from_hint}; or set HF_ENDPOINT to a reachable mirror",
+        f"cannot reach the Hub at {endpoint or DEFAULT_ENDPOINT} for {arch}'s ImageNet weights "
+        "(no network?)",
+        hint=f"import a file: smokerdet download weights {arch} --from FILE; or set "
+        "HF_ENDPOINT to a reachable mirror",
     )
 
 
@@ -263,11 +306,7 @@ def import_weights(repo: str, state_dict: dict[str, Any], raw: Path | None) -> P
         if raw is not None:
             shutil.copyfile(raw, staged)
         else:
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staged))
-        from smokerdet._io import sha256_file
-
+            staged.write_bytes(_safetensors_bytes(state_dict))
         digest = sha256_file(staged)
         os.replace(staged, folder / "blobs" / digest)
         commit = hashlib.sha1(f"smokerdet import {digest}".encode()).hexdigest()
@@ -295,3 +334,150 @@ def _link(relative: Path, blob: Path, pointer: Path) -> None:
     except OSError:
         shutil.copyfile(blob, tmp)
     os.replace(tmp, pointer)
+
+
+def _safetensors_bytes(state_dict: dict[str, Any]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in state_dict.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights imported with --force, and what --pretrained uses
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """The weights ``--pretrained`` starts an architecture from, and what they are.
+
+    Attributes:
+        path: the safetensors file.
+        tag: the timm tag (``resnet50.a1_in1k``), or ``resnet50 (forced import, not ImageNet)``.
+        kind: ``imagenet``, or ``forced-import`` for a file imported with ``--force``.
+        sha256: of the file's bytes.
+        reason: why a forced import is not ImageNet weights ("" for ImageNet).
+    """
+
+    path: Path
+    tag: str
+    kind: str
+    sha256: str
+    reason: str = ""
+
+    def provenance(self) -> dict[str, Any]:
+        """What ``model.json`` records about the start of a ``--pretrained`` run."""
+        return {"weights": self.tag, "weights_kind": self.kind, "weights_sha256": self.sha256}
+
+
+def forced_tag(arch: str) -> str:
+    return f"{arch} (forced import, not ImageNet)"
+
+
+def _forced_dir(arch: str) -> Path:
+    return weights_dir() / FORCED / arch
+
+
+def forced_import(arch: str) -> Backbone | None:
+    """The weights imported for ``arch`` with ``--force``, or None; reads no weights."""
+    folder = _forced_dir(arch)
+    try:
+        record = json.loads((folder / IMPORT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not (folder / FILENAME).is_file():
+        return None
+    return Backbone(
+        folder / FILENAME,
+        forced_tag(arch),
+        "forced-import",
+        str(record.get("sha256", "")),
+        str(record.get("reason", "")),
+    )
+
+
+def import_forced(
+    arch: str, state_dict: dict[str, Any], raw: Path | None, source: str, reason: str
+) -> Backbone:
+    """Keep a file that is not ImageNet weights as ``arch``'s backbone, apart from the Hub cache.
+
+    Args:
+        arch: the architecture it fits.
+        state_dict: its tensors, already checked to fit ``arch``'s backbone.
+        raw: the user's ``.safetensors`` file, kept byte for byte; None to write ``state_dict``.
+        source: where it came from (``--from FILE``).
+        reason: why it is not ImageNet weights, as the check said.
+    """
+    folder = _forced_dir(arch)
+    blob = raw.read_bytes() if raw is not None else _safetensors_bytes(state_dict)
+    digest = hashlib.sha256(blob).hexdigest()
+    imported = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = {"arch": arch, "sha256": digest, "source": source, "imported": imported,
+              "reason": reason}  # fmt: skip
+    try:
+        atomic_write_bytes(folder / FILENAME, blob)
+        atomic_write_json(folder / IMPORT_RECORD, record)
+    except OSError as e:
+        raise WeightsError(f"cannot write the weights cache {weights_dir()}: {e}") from None
+    return Backbone(folder / FILENAME, forced_tag(arch), "forced-import", digest, reason)
+
+
+def forced_archs() -> list[str]:
+    """The architectures with a forced import, sorted."""
+    root = weights_dir() / FORCED
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def forget_forced(arch: str) -> bool:
+    """Remove ``arch``'s forced import, if any (ImageNet weights answer again); True if one was."""
+    folder = _forced_dir(arch)
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # forced/ itself, once empty
+    return True
+
+
+def pretrained_weights(arch: str) -> Backbone:
+    """What ``--pretrained`` starts ``arch`` from: a forced import if there is one, said with a
+    warning, else its ImageNet weights (:func:`pretrained_file`, which may download them).
+
+    Raises:
+        WeightsError: the forced import no longer matches its SHA-256, or what
+            :func:`pretrained_file` raises.
+    """
+    forced = forced_import(arch)
+    if forced is not None:
+        if sha256_file(forced.path) != forced.sha256:
+            raise WeightsError(
+                f"the weights imported with --force for {arch} do not match their SHA-256 in "
+                f"{forced.path.parent / IMPORT_RECORD}",
+                hint=f"import them again: smokerdet download weights {arch} --from FILE "
+                f"--force, or go back to ImageNet weights: smokerdet download weights {arch}",
+            )
+        log.warning(
+            "--pretrained uses weights imported with --force (not ImageNet) for %s: %s",
+            arch,
+            forced.reason,
+        )
+        return forced
+    return _imagenet(arch, pretrained_file(arch))
+
+
+def pretrained_provenance(arch: str) -> dict[str, Any]:
+    """What ``model.json`` records for a run that just loaded ``--pretrained`` weights for
+    ``arch``: the same choice as :func:`pretrained_weights`, read from the cache without any
+    request or warning."""
+    forced = forced_import(arch)
+    if forced is not None:
+        return forced.provenance()
+    cached = cached_file(hub_repo(arch))
+    if cached is None:
+        return {"weights": tag_of(hub_repo(arch)), "weights_kind": "imagenet"}
+    return _imagenet(arch, cached).provenance()
+
+
+def _imagenet(arch: str, path: Path) -> Backbone:
+    blob = path.resolve().name  # the Hub names a blob by its SHA-256 (so does import_weights)
+    sha = blob if _SHA256.fullmatch(blob) else sha256_file(path)
+    return Backbone(path, tag_of(hub_repo(arch)), "imagenet", sha)

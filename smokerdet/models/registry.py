@@ -90,19 +90,28 @@ def chosen_default() -> str | None:
     return name
 
 
-def _known_models_hint() -> str:
+#: How a command takes a model folder's path, as the hint for an unknown model says it.
+BY_PATH = "pass --model PATH to a model folder"
+
+
+def _known_models_hint(how: str = BY_PATH) -> str:
     names = [n for n, _, meta in trained_models() if meta is not None]
     known = (["default (shipped)"] if default_model_available() else []) + names
     listing = f"known models: {', '.join(known)}; " if known else ""
-    return f"{listing}see `smokerdet models list`, or pass --model PATH to a model folder"
+    return f"{listing}see `smokerdet models list`, or {how}"
 
 
-def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
-    """Find a model folder: a path, a trained model's name, ``latest`` or ``default``.
+def resolve_model(
+    spec: str | os.PathLike[str] | None = None, *, how: str = BY_PATH
+) -> tuple[str, Path]:
+    """Find a model folder: a path, a trained model's name, ``latest``, ``default``, or a
+    model shared on the Hugging Face Hub, ``hf://ORG/NAME[@REVISION]`` (pulled into the cache
+    and checked, see :mod:`smokerdet.models.share`).
 
     ``default`` is the model shipped in the package. With no ``spec``: the model chosen with
     ``smokerdet models default NAME``, else the shipped model. Training a model never changes
-    which one answers.
+    which one answers. ``how`` ends the hint for an unknown name: how this command takes a
+    path instead (the default names ``--model``).
     """
     if spec is None:
         choice = chosen_default()
@@ -124,6 +133,10 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path
             "(see `smokerdet models list`)",
         )
     text = str(spec)
+    from smokerdet.models.share import is_hf, pull
+
+    if is_hf(text):
+        return pull(text)
     if text == "latest":
         models = [m for m in trained_models() if m[2] is not None]
         if models:
@@ -137,7 +150,7 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path
         if default_model_available():
             return "default", default_model_dir()
         raise ModelNotFoundError(
-            "this installation ships no default model", hint=_known_models_hint()
+            "this installation ships no default model", hint=_known_models_hint(how)
         )
     path = Path(text).expanduser()
     if path.exists():
@@ -146,7 +159,17 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> tuple[str, Path
     folder = models_dir() / text
     if _NAME_RE.match(text) and (folder / META_FILE).exists():
         return text, folder
-    raise ModelNotFoundError(f"no model named or at {text!r}", hint=_known_models_hint())
+    raise ModelNotFoundError(f"no model named or at {text!r}", hint=_known_models_hint(how))
+
+
+def name_stem(spec: str) -> str:
+    """How a model spec starts the default name of a model trained from it (``--init``): the
+    repo's name for ``hf://ORG/NAME@REV``, the folder's name for a path, else the spec."""
+    from smokerdet.models.share import is_hf, parse_hf
+
+    if is_hf(spec):
+        return parse_hf(spec)[0].split("/")[1]
+    return Path(spec).name if "/" in spec or os.sep in spec else spec
 
 
 def load_model(spec: str | os.PathLike[str] | None = None, device: str = "cpu") -> LoadedModel:

@@ -15,8 +15,9 @@ class ScoringConfig:
     """Options shared by the commands that score images with a trained model."""
 
     model: str | None = None
-    """Model name, folder, .onnx file, 'latest' or 'default' (the shipped model). Default: the
-    model chosen with `smokerdet models default`, else the shipped model."""
+    """Model name, folder, .onnx file, 'latest', 'default' (the shipped model), or
+    hf://ORG/NAME[@REVISION] from the Hugging Face Hub. Default: the model chosen with
+    `smokerdet models default`, else the shipped model."""
     threshold: float | None = None
     """Probability from which a photo is 'smoking'. Default: the model's."""
     batch_size: int | None = None

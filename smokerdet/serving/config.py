@@ -15,7 +15,8 @@ class ServeConfig:
     """Options of ``smokerdet serve``; each check names the flag to change."""
 
     model: str | None = None
-    """Model name, folder or ``.onnx`` file; default: the chosen default, else the shipped one."""
+    """Model name, folder, ``.onnx`` file or hf://ORG/NAME[@REVISION]; default: the chosen
+    default, else the shipped one."""
     host: str = "127.0.0.1"
     """Address to listen on. Anything but loopback should come with --token."""
     port: int = 8000

@@ -36,8 +36,8 @@ class TrainConfig:
     weights: Path | str | None = None
     """Local backbone state dict (.safetensors or .pth)."""
     init: str | None = None
-    """Fine-tune an existing smokerdet model: 'default', a name or a path. Keeps its
-    architecture and preprocessing."""
+    """Fine-tune an existing smokerdet model: 'default', a name, a path or
+    hf://ORG/NAME[@REVISION]. Keeps its architecture and preprocessing."""
     seed: int = 42
     """Random seed (data split, init, augmentation)."""
     name: str | None = None

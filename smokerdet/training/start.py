@@ -18,6 +18,8 @@ from smokerdet.models import (
     create_model,
     load_model,
     model_lock,
+    name_stem,
+    pretrained_provenance,
     resolve_data_config,
 )
 from smokerdet.paths import models_dir
@@ -30,7 +32,8 @@ if TYPE_CHECKING:
 
 def run_name(cfg: TrainConfig) -> str:
     """``--name``, or the starting model's name or architecture with the time."""
-    return cfg.name or f"{cfg.init or cfg.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    stem = name_stem(cfg.init) if cfg.init else cfg.arch
+    return cfg.name or f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def check_free(name: str, overwrite: bool) -> Path:
@@ -118,5 +121,9 @@ def build_start(cfg: TrainConfig) -> Start:
     check_arch(cfg.arch)
     pretrained = cfg.pretrained and cfg.weights is None
     model = create_model(cfg.arch, pretrained=pretrained, weights=cfg.weights)
-    weights = str(cfg.weights) if cfg.weights else ("timm-imagenet" if pretrained else None)
-    return Start(model, resolve_data_config(model, cfg.img_size), {"weights": weights}, cfg.arch)
+    origin = (
+        pretrained_provenance(cfg.arch)
+        if pretrained
+        else {"weights": str(cfg.weights) if cfg.weights else None}
+    )
+    return Start(model, resolve_data_config(model, cfg.img_size), origin, cfg.arch)

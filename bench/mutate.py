@@ -55,21 +55,19 @@ FULL = "smokerdet/training/recipes/full.py"  # fine_tune
 ADAPT = "smokerdet/training/recipes/head.py"  # fit_head, adapt_head
 ENGINE = "smokerdet/inference/engine.py"  # Engine.run
 SERVE = "smokerdet/serving/app.py"  # _build_app, Scorer.run
-SERVE_ROW = "tests/test_serve.py::test_the_api_row_is_the_predict_json_row"
-ADAPT_TESTS = "tests/test_adapt.py"
+SERVE_ROW = "tests/serving/test_serve.py::test_the_api_row_is_the_predict_json_row"
+ADAPT_TESTS = "tests/training/test_adapt.py"
 FAMILIARITY = "smokerdet/inference/familiarity.py"  # fit, load_for, _checked, _sources
 EXPORT = "smokerdet/models/export.py"  # export_onnx
-FAMILIARITY_TESTS = "tests/test_familiarity.py"
-EXPORT_TESTS = "tests/test_export.py"
+FAMILIARITY_TESTS = "tests/inference/test_familiarity.py"
+EXPORT_TESTS = "tests/models/test_export.py"
 VIDEO = "smokerdet/scoring/video.py"  # video._Reader
-VIDEO_TESTS = "tests/test_video.py"
+VIDEO_TESTS = "tests/scoring/test_video.py"
 URLS = "smokerdet/scoring/urls.py"  # urls.redact, urls._read_capped
 
-KILLS = "tests/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
-FSYNC = (
-    "tests/test_reliability.py::test_every_file_of_a_save_is_fsynced_under_a_temp_name_then_renamed"
-)
-RESUMED = "tests/test_reliability.py::test_resumed_run_ends_like_an_uninterrupted_one"
+KILLS = "tests/proofs/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
+FSYNC = "tests/proofs/test_reliability.py::test_every_file_of_a_save_is_fsynced_under_a_temp_name_then_renamed"
+RESUMED = "tests/proofs/test_reliability.py::test_resumed_run_ends_like_an_uninterrupted_one"
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ MUTATIONS: list[Mutation] = [
         file=METRICS,
         old="return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0",
         new="return (precision + recall) / 2",
-        tests=("tests/test_metrics.py",),
+        tests=("tests/base/test_metrics.py",),
         proves="F1 is the harmonic mean of precision and recall",
     ),
     Mutation(
@@ -107,7 +105,7 @@ MUTATIONS: list[Mutation] = [
         file=METRICS,
         old="precision=precision,\n        recall=recall,",
         new="precision=recall,\n        recall=precision,",
-        tests=("tests/test_metrics.py",),
+        tests=("tests/base/test_metrics.py",),
         proves="precision is tp/(tp+fp) and recall tp/(tp+fn), not the other way round",
     ),
     Mutation(
@@ -115,7 +113,7 @@ MUTATIONS: list[Mutation] = [
         file=METRICS,
         old="ranks[order[k]] = (i + j) / 2 + 1",
         new="ranks[order[k]] = k + 1",
-        tests=("tests/test_metrics.py",),
+        tests=("tests/base/test_metrics.py",),
         proves="ROC-AUC counts a tied (positive, negative) pair as one half",
     ),
     Mutation(
@@ -124,8 +122,8 @@ MUTATIONS: list[Mutation] = [
         old="if width * height > max_pixels:",
         new="if False:",
         tests=(
-            "tests/test_hostile.py::test_bomb_is_rejected_fast",
-            "tests/test_data.py::test_pixel_limit_rejects_before_decoding",
+            "tests/proofs/test_hostile.py::test_bomb_is_rejected_fast",
+            "tests/data/test_data.py::test_pixel_limit_rejects_before_decoding",
         ),
         proves="a decompression bomb is refused from its header, before any pixel is decoded",
     ),
@@ -134,7 +132,7 @@ MUTATIONS: list[Mutation] = [
         file=IMAGE_LOADER,
         old="upright = ImageOps.exif_transpose(im)",
         new="upright = None",
-        tests=("tests/test_data.py::test_exif_orientation_is_applied",),
+        tests=("tests/data/test_data.py::test_exif_orientation_is_applied",),
         proves="images are scored upright, as their EXIF orientation says",
     ),
     Mutation(
@@ -142,7 +140,7 @@ MUTATIONS: list[Mutation] = [
         file=IMAGE_LOADER,
         old="except Exception as e:  # the decoders raise many types",
         new="except ImportError as e:  # the decoders raise many types",
-        tests=("tests/test_fuzz.py::test_loader_property_random_and_mutated_bytes",),
+        tests=("tests/proofs/test_fuzz.py::test_loader_property_random_and_mutated_bytes",),
         proves="hostile bytes give an RGB image or ImageLoadError, nothing else",
     ),
     Mutation(
@@ -150,7 +148,7 @@ MUTATIONS: list[Mutation] = [
         file=PREDICT,
         old="        yield p\n    warn_unfamiliar(*counts)",
         new="        if p.error is None:\n            yield p\n    warn_unfamiliar(*counts)",
-        tests=("tests/test_hostile.py::test_predict_survives_the_corpus_and_escapes_names",),
+        tests=("tests/proofs/test_hostile.py::test_predict_survives_the_corpus_and_escapes_names",),
         proves="every unreadable file becomes one error row: one output line per input path",
     ),
     Mutation(
@@ -158,7 +156,9 @@ MUTATIONS: list[Mutation] = [
         file=PREDICT,
         old="        if error is not None:\n            yield Prediction(",
         new="        if error is not None:\n            continue\n            yield Prediction(",
-        tests=("tests/test_predict.py::test_missing_path_and_corrupt_file_in_a_batch_exit_3",),
+        tests=(
+            "tests/scoring/test_predict.py::test_missing_path_and_corrupt_file_in_a_batch_exit_3",
+        ),
         proves="a path that does not exist becomes an error row, not a silent gap",
     ),
     Mutation(
@@ -167,7 +167,7 @@ MUTATIONS: list[Mutation] = [
         old="return Photo(rgb, width, height)",
         new="return Photo(rgb, *rgb.size)",
         tests=(
-            "tests/test_data.py::test_a_photo_keeps_its_own_upright_size_when_decoded_at_reduced_scale",
+            "tests/data/test_data.py::test_a_photo_keeps_its_own_upright_size_when_decoded_at_reduced_scale",
             SERVE_ROW,
         ),
         proves="a row's width and height are the photo's own, not the size of a JPEG draft",
@@ -177,7 +177,9 @@ MUTATIONS: list[Mutation] = [
         file=ENGINE,
         old="a[n:, ..., ::-1]",
         new="a[n:]",
-        tests=("tests/test_engine.py::test_flip_tta_averages_the_photo_and_its_mirror_once",),
+        tests=(
+            "tests/inference/test_engine.py::test_flip_tta_averages_the_photo_and_its_mirror_once",
+        ),
         proves="flip TTA averages each map with its mirror's flipped back, on every backend",
     ),
     Mutation(
@@ -193,7 +195,7 @@ MUTATIONS: list[Mutation] = [
         file=ARCHIVES,
         old='if ".." in pure.parts:',
         new="if False:",
-        tests=("tests/test_download.py::test_hostile_zips_write_nothing_at_all",),
+        tests=("tests/download/test_download.py::test_hostile_zips_write_nothing_at_all",),
         proves="an archive member with '..' in its path (zip-slip) is refused",
     ),
     Mutation(
@@ -201,7 +203,7 @@ MUTATIONS: list[Mutation] = [
         file=HTTP,
         old='req.add_header("Range", f"bytes={have}-")',
         new="pass",
-        tests=("tests/test_download.py::test_dropped_connection_resumes_with_range",),
+        tests=("tests/download/test_download.py::test_dropped_connection_resumes_with_range",),
         proves="an interrupted download resumes with an HTTP Range request",
     ),
     Mutation(
@@ -209,7 +211,9 @@ MUTATIONS: list[Mutation] = [
         file=HTTP,
         old="if have and resp.status != 206:",
         new="if False:",
-        tests=("tests/test_download.py::test_a_server_ignoring_range_gets_the_whole_file_once",),
+        tests=(
+            "tests/download/test_download.py::test_a_server_ignoring_range_gets_the_whole_file_once",
+        ),
         proves="a server that ignores Range (200, whole body) does not get its bytes appended",
     ),
     Mutation(
@@ -344,7 +348,7 @@ MUTATIONS: list[Mutation] = [
             "            artifacts.finish(folder, splits, run.state.history)"
         ),
         tests=(
-            "tests/test_reliability.py::test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume",
+            "tests/proofs/test_reliability.py::test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume",
         ),
         proves="a run killed while it writes its familiarity stats is not finished: resume "
         "writes them",
@@ -356,7 +360,7 @@ MUTATIONS: list[Mutation] = [
         new="        if state.world.is_main and state.epoch < phase.last:\n"
         "            write_resume_state(state)",
         tests=(
-            "tests/test_reliability.py::test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume",
+            "tests/proofs/test_reliability.py::test_a_run_killed_while_it_finishes_its_folder_is_finished_by_resume",
         ),
         proves="the last epoch leaves a resume state too, until the folder is finished",
     ),
@@ -366,7 +370,7 @@ MUTATIONS: list[Mutation] = [
         old="    if not lock_file.exists():\n        return None",
         new="    return None",
         tests=(
-            "tests/test_reliability.py::test_models_remove_refuses_while_another_process_trains_it",
+            "tests/proofs/test_reliability.py::test_models_remove_refuses_while_another_process_trains_it",
         ),
         proves="`models remove` refuses a model whose lock a live training run holds",
     ),
@@ -471,7 +475,7 @@ MUTATIONS: list[Mutation] = [
         old="    return _joined\n",
         new="    return False\n",
         tests=(
-            "tests/test_distributed.py::test_a_process_that_joined_a_group_ends_without_the_interpreter_shutdown",
+            "tests/training/test_distributed.py::test_a_process_that_joined_a_group_ends_without_the_interpreter_shutdown",
         ),
         proves="a process that joined a process group ends without the interpreter's shutdown, "
         "where DDP's leftover gloo threads can abort a finished run",
@@ -507,7 +511,7 @@ MUTATIONS: list[Mutation] = [
         file="smokerdet/scoring/events.py",
         old="        if probability >= self.rules.threshold:\n",
         new="        if probability > self.rules.threshold:\n",
-        tests=("tests/test_events.py",),
+        tests=("tests/scoring/test_events.py",),
         proves="a frame at the threshold counts as smoking, like a photo's label",
     ),
     Mutation(
@@ -515,7 +519,7 @@ MUTATIONS: list[Mutation] = [
         file=URLS,
         old="if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:",
         new="if False:",
-        tests=("tests/test_urls.py::test_a_2gb_body_is_refused_without_reading_it",),
+        tests=("tests/scoring/test_urls.py::test_a_2gb_body_is_refused_without_reading_it",),
         proves="a snapshot whose Content-Length is over the cap is refused before its body",
     ),
     Mutation(
@@ -523,7 +527,7 @@ MUTATIONS: list[Mutation] = [
         file=URLS,
         old='text = _USERINFO.sub(r"\\g<scheme>***@", text)',
         new="pass",
-        tests=("tests/test_urls.py", "tests/test_streams.py"),
+        tests=("tests/scoring/test_urls.py", "tests/scoring/test_streams.py"),
         proves="credentials in a URL never appear in a message or a log",
     ),
     Mutation(
@@ -532,7 +536,7 @@ MUTATIONS: list[Mutation] = [
         old="            if self._latest is not None:\n                self.stats.dropped += 1\n",
         new="",
         tests=(
-            "tests/test_streams.py::test_a_snapshot_url_is_polled_and_a_slow_scorer_drops_frames_not_memory",
+            "tests/scoring/test_streams.py::test_a_snapshot_url_is_polled_and_a_slow_scorer_drops_frames_not_memory",
         ),
         proves="frames replaced while scoring lags are counted as dropped",
     ),
@@ -541,7 +545,7 @@ MUTATIONS: list[Mutation] = [
         file="smokerdet/scoring/webhooks.py",
         old="return e.code in RETRY_STATUSES,",
         new="return True,",
-        tests=("tests/test_webhooks.py",),
+        tests=("tests/scoring/test_webhooks.py",),
         proves="a webhook answer that will not change (404) is not retried",
     ),
     Mutation(
@@ -550,7 +554,7 @@ MUTATIONS: list[Mutation] = [
         old="return min(self.cap, base * spread)",
         new="return base * spread",
         tests=(
-            "tests/test_webhooks.py::test_backoff_grows_is_capped_and_jitters_within_its_bounds",
+            "tests/scoring/test_webhooks.py::test_backoff_grows_is_capped_and_jitters_within_its_bounds",
         ),
         proves="reconnection and retry waits never exceed the cap, jitter included",
     ),
@@ -560,7 +564,7 @@ MUTATIONS: list[Mutation] = [
         old="            if shape != expected:",
         new="            if False:",
         tests=(
-            "tests/test_download.py::test_a_smokerdet_model_is_not_imported_as_imagenet_weights",
+            "tests/download/test_download.py::test_a_smokerdet_model_is_not_imported_as_imagenet_weights",
         ),
         proves="a file imported as ImageNet weights must have an ImageNet classifier head: a "
         "smokerdet model (one-logit head) is refused without --force",
@@ -570,7 +574,7 @@ MUTATIONS: list[Mutation] = [
         file="smokerdet/models/share.py",
         old="        if sha256_file(path) != sha:",
         new="        if False:",
-        tests=("tests/test_share.py::test_a_tampered_download_is_refused_and_removed",),
+        tests=("tests/models/test_share.py::test_a_tampered_download_is_refused_and_removed",),
         proves="a file pulled from the Hub that does not match its SHA-256 in smokerdet.json is "
         "refused, removed from the cache and never used",
     ),

@@ -303,7 +303,7 @@ def export_shipped() -> None:
 
 
 def write_golden() -> None:
-    """Record the shipped model's answers on examples/ for tests/test_default_model.py."""
+    """Record the shipped model's answers on examples/ for tests/models/test_default_model.py."""
     import smokerdet
 
     golden = {

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import EXAMPLES, NO_TORCH
+from hostile_files import build_corpus
 from PIL import Image
-from test_hostile import build_corpus
 
 import smokerdet
 from smokerdet.cli import app
@@ -25,8 +25,8 @@ from smokerdet.inference.engine import normalise_cam
 from smokerdet.models.export import export_onnx
 from smokerdet.paths import default_model_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).resolve().parent / "golden" / "default_examples.json"
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "default_examples.json"
 CONFIGS = [
     DataConfig(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 1.0, "letterbox"),
     DataConfig(48, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", 0.875, "crop"),

@@ -11,7 +11,7 @@ from smokerdet.cli import app
 from smokerdet.models.registry import default_model_available, load_model
 from smokerdet.paths import default_model_dir
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "default_examples.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "default_examples.json"
 
 
 def test_the_package_ships_a_small_default_model():

@@ -22,7 +22,7 @@ from conftest import write_flat
 
 from smokerdet.cli import app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 SPEEDUPS = {

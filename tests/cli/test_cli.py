@@ -103,7 +103,7 @@ def test_debug_env_shows_the_traceback(tmp_path):
 
 
 def test_generated_command_docs_are_current():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import gen_cli_docs
 
     for path, text in gen_cli_docs.pages().items():

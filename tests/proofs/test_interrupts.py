@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="POSIX signals and /proc"
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LEAKS = ("Traceback", "Exception ignored", "KeyboardInterrupt")
 
 

@@ -26,7 +26,7 @@ from smokerdet.inference.faces import (
 )
 from smokerdet.paths import face_detector_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 MODEL = face_detector_file()
 

@@ -25,7 +25,7 @@ from smokerdet.cli import app
 from smokerdet.models.registry import load_model
 from smokerdet.scoring.evaluate import evaluate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = [
     "train",
     "--arch",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build_default_model.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_default_model.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
 from build_default_model import convert_state_dict  # noqa: E402

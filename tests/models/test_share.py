@@ -161,7 +161,7 @@ def test_train_init_from_the_hub_adapts_it(runner, hub, model_copy, tmp_path, sm
 
 
 def test_serve_a_pulled_model_without_torch(runner, hub, model_copy, photos, tmp_path):
-    from test_serve import Server
+    from serve_process import Server
 
     _push(runner)
     _probabilities(runner, f"hf://{REPO}", photos)  # pulled into the cache

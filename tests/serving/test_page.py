@@ -1,7 +1,7 @@
 """The review page in a real browser: Debian's chromium driven by Playwright, against serve.
 
 Run as a script to refresh the README's screenshot through the same code path:
-``python tests/test_page.py docs/serve.png``.
+``python tests/serving/test_page.py docs/serve.png``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import EXAMPLES, synthetic_image  # noqa: E402
-from test_serve import Server  # noqa: E402
+from serve_process import Server  # noqa: E402
 
 from smokerdet.inference import FIELDS  # noqa: E402
 

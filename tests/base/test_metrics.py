@@ -213,7 +213,7 @@ def test_docstring_examples_run(name, monkeypatch):
     import importlib
     from pathlib import Path
 
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # examples/ paths are relative
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # examples/ paths are relative
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False, report=True)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed"

@@ -1,7 +1,7 @@
 """Interrupted runs: resume equals an uninterrupted run, kills never tear files, locks.
 
 The kill tests run training in children forked from one server process (this file run as a
-script: ``python tests/test_reliability.py``), which imports torch and smokerdet once: a run
+script: ``python tests/proofs/test_reliability.py``), which imports torch and smokerdet once: a run
 killed at a point then costs its own work, not seconds of imports. The kills are aimed with
 :mod:`smokerdet.faults`: a reference run traces every write point it reaches, and each kill
 names one of them.

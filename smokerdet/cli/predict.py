@@ -294,9 +294,7 @@ def _expand(paths: list[str], recursive: bool) -> Inputs:
     if not inputs.items:
         for w in inputs.warnings:
             print_warning(w)
-        raise NoInputError(
-            "no images or videos to label in the given paths", hint="check the PATH arguments"
-        )
+        raise NoInputError("no images to label in the given paths", hint="check the PATH arguments")
     return inputs
 
 

@@ -146,16 +146,16 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         id="predict-drops-unreadable-row",
         file=PREDICT,
-        old="        yield p\n    warn_unfamiliar(*counts)",
-        new="        if p.error is None:\n            yield p\n    warn_unfamiliar(*counts)",
+        old="            yield p\n    warn_unfamiliar(*counts)",
+        new="            if p.error is None:\n                yield p\n    warn_unfamiliar(*counts)",
         tests=("tests/proofs/test_hostile.py::test_predict_survives_the_corpus_and_escapes_names",),
         proves="every unreadable file becomes one error row: one output line per input path",
     ),
     Mutation(
         id="predict-drops-missing-path-row",
         file=PREDICT,
-        old="        if error is not None:\n            yield Prediction(",
-        new="        if error is not None:\n            continue\n            yield Prediction(",
+        old="        if error is not None:\n            yield s.error_row(path, error)",
+        new="        if error is not None:\n            continue",
         tests=(
             "tests/scoring/test_predict.py::test_missing_path_and_corrupt_file_in_a_batch_exit_3",
         ),

@@ -23,6 +23,7 @@ COMMANDS = [
     "eval",
     "predict",
     "serve",
+    "watch",
     "export",
     "models",
     "models list",

@@ -35,6 +35,7 @@ INTERRUPT_HINTS = {
     "models": "each change is one atomic step; see where things stand with `smokerdet models list`",
     "export": "nothing was written (the ONNX file appears whole or not at all); run it again",
     "serve": "requests in flight were finished; start it again to serve",
+    "watch": "events that had ended were printed; start it again to watch",
 }
 DEFAULT_INTERRUPT_HINT = "run the same command again"
 
@@ -112,7 +113,7 @@ def _root(
 
 
 def _register() -> None:
-    from smokerdet.cli import download, eval, export, info, models, predict, serve, train
+    from smokerdet.cli import download, eval, export, info, models, predict, serve, train, watch
     from smokerdet.cli._options import Command
 
     app.command("info", cls=Command)(info.info)
@@ -122,6 +123,7 @@ def _register() -> None:
     app.command("predict", cls=Command)(predict.predict)
     app.add_typer(models.app, name="models")
     app.command("serve", cls=Command)(serve.serve)
+    app.command("watch", cls=Command)(watch.watch)
     app.command("export", cls=Command)(export.export)
 
 

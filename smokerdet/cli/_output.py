@@ -23,12 +23,13 @@ from rich.table import Table
 
 from smokerdet.errors import Interrupted, SmokerdetError
 from smokerdet.metrics import BinaryMetrics
+from smokerdet.scoring import is_video_path, redact
 
 if TYPE_CHECKING:
     from smokerdet.download import DownloadReport
     from smokerdet.inference import Prediction
     from smokerdet.models import ExportResult, Info, ModelInfo
-    from smokerdet.scoring import EvalReport
+    from smokerdet.scoring import EvalReport, WatchEvent, WatchSummary
     from smokerdet.training import CVResult, EpochStats, TrainResult
 
 
@@ -405,7 +406,12 @@ class RowTable:
     def __init__(self, paths: Iterable[str] | None) -> None:
         self.console = out()
         # Paths not known up front (merged parts): a width that fits most.
-        width = max((len(_printable(p)) for p in paths), default=0) if paths is not None else 40
+        width = 40
+        if paths is not None:
+            # URLs are shown redacted; videos get a time or a span after their path.
+            shown = [_printable(redact(p)) for p in paths]
+            extra = VIDEO_CELL if any(is_video_path(p) for p in shown) else 0
+            width = max((len(p) for p in shown), default=0) + extra
         if self.console.is_terminal:
             width = min(width, max(20, self.console.width - 25))
         self.width = max(width, len("path"))
@@ -416,7 +422,7 @@ class RowTable:
     def row(self, p: Prediction) -> None:
         from rich.text import Text
 
-        path = _printable(p.path).ljust(self.width)
+        path = _where(p).ljust(self.width)
         if p.error is not None:
             cells = ("-".rjust(10), ("error: " + _printable(p.error), "red"))
         else:
@@ -425,6 +431,21 @@ class RowTable:
         # Unlike the training photos: the label is less reliable than the model's metrics.
         odd = ("  (unfamiliar)", "yellow") if p.familiar is False else ""
         self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1], odd))
+
+
+def _where(p: Prediction) -> str:
+    """The table's path cell: a video frame's time, or an event's span, after its path."""
+    where = _printable(p.path)
+    if p.start is not None:
+        end = f"{p.end:.1f}" if p.end is not None else ""
+        return f"{where} {p.start:.1f}-{end}s"
+    if p.time is not None:
+        return f"{where} @{p.time:.1f}s"
+    return where
+
+
+#: Room the table leaves after a video's path for a frame's time or an event's span.
+VIDEO_CELL = 16
 
 
 def _progress(total: int, stack: ExitStack) -> Callable[[], None]:
@@ -468,11 +489,12 @@ def render_predictions(
     only: str | None,
     started: float,
     heatmaps: bool = False,
+    events: bool = False,
 ) -> PredictSummary:
     """Stream each prediction as it finishes: a table row, a JSON line and/or a CSV row.
 
     JSON and CSV carry the row's fields (:func:`smokerdet.inference.rows.columns`), with a
-    ``heatmap`` column when ``heatmaps``.
+    ``heatmap`` column when ``heatmaps`` and the event columns when ``events``.
 
     ``--only`` keeps the rows with that label and every error row (one row per failed input
     stays in JSON and CSV). On Ctrl-C the rows already written stay, the summary says how
@@ -494,14 +516,14 @@ def render_predictions(
             writer = csv.writer(f)
             from smokerdet.inference.rows import columns
 
-            writer.writerow(columns(heatmaps))
+            writer.writerow(columns(heatmaps, events))
         table = None if json_lines or to_stdout_csv else RowTable(paths)
         if table is not None:
             table.header()
         advance = _progress(summary.total, stack)
         try:
             for row in rows:
-                emit_row(row, summary, writer, table, json_lines, only, heatmaps)
+                emit_row(row, summary, writer, table, json_lines, only, heatmaps, events)
                 advance()
         except KeyboardInterrupt:
             interrupted = True
@@ -524,6 +546,7 @@ def emit_row(
     json_lines: bool,
     only: str | None,
     heatmaps: bool = False,
+    events: bool = False,
 ) -> None:
     """Write one prediction everywhere it goes, and count it.
 
@@ -534,7 +557,7 @@ def emit_row(
     if only is not None and row.error is None and row.label != only:
         return
     if writer is not None:
-        writer.writerow(row.csv_cells(heatmaps))
+        writer.writerow(row.csv_cells(heatmaps, events))
     if json_lines:
         sys.stdout.write(row.json_line())
         sys.stdout.flush()
@@ -556,10 +579,9 @@ def _count(summary: PredictSummary, row: Prediction, warn: bool) -> None:
 
 def _print_summary(summary: PredictSummary) -> None:
     rate = summary.labelled / summary.seconds if summary.seconds > 0 else 0.0
+    # A video gives many rows: then the rows are counted, not the inputs.
     count = (
-        f"{summary.total}"
-        if summary.done == summary.total
-        else f"{summary.done} of {summary.total}"
+        f"{summary.done}" if summary.done >= summary.total else f"{summary.done} of {summary.total}"
     )
     sys.stderr.write(
         (f"model {summary.model}: " if summary.model else "")
@@ -584,6 +606,45 @@ def _interrupted(summary: PredictSummary, csv_file: Path | None) -> Interrupted:
         hint += "; a run that can pick up where it stopped: add --output FILE, then --resume"
     return Interrupted(
         f"predict interrupted after {summary.done} of {summary.total} images", hint=hint
+    )
+
+
+def render_watch_event(event: WatchEvent, json_lines: bool) -> None:
+    """One event of ``watch`` on stdout as it happens: a table line, or a JSON line."""
+    if json_lines:
+        sys.stdout.write(json.dumps(event.to_dict(), ensure_ascii=True) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.text import Text
+
+    when = event.end if event.end is not None else event.start
+    style = "bold red" if event.state == "started" else "green"
+    span = f"  since {event.start}" if event.end is not None else ""
+    snap = f"  snapshot {event.snapshot}" if event.snapshot else ""
+    out().print(
+        Text.assemble(
+            when,
+            "  ",
+            (f"smoking {event.state}".ljust(15), style),
+            f"  peak {event.peak_probability:.3f} at frame {event.best_frame}{span}{snap}",
+        )
+    )
+
+
+def render_watch_summary(s: WatchSummary) -> None:
+    """What a stopped ``watch`` saw, on stderr."""
+    hook = (
+        f", webhook {s.webhook_sent} sent, {s.webhook_failed} failed"
+        if s.webhook_sent or s.webhook_failed
+        else ""
+    )
+    err().print(
+        f"Stopped watching {escape(s.source)} after {s.seconds:.1f}s: {s.frames} frames "
+        f"({s.scored} scored, {s.dropped} dropped), {s.events} event{'' if s.events == 1 else 's'}"
+        f", {s.reconnects} reconnect{'' if s.reconnects == 1 else 's'}, "
+        f"largest lag {s.lag_max:.2f}s{hook}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -33,7 +33,9 @@ class Only(str, Enum):
 PathsArg = Annotated[
     list[str],
     typer.Argument(
-        metavar="PATH", help="Image files, folders, glob patterns, or - to read paths from stdin."
+        metavar="PATH",
+        help="Image or video files, folders, glob patterns, http(s):// snapshot URLs, or - to "
+        "read paths from stdin.",
     ),
 ]
 JsonLinesOpt = Annotated[
@@ -52,6 +54,9 @@ OnlyOpt = Annotated[
     ),
 ]
 RecursiveOpt = Annotated[bool, option(PredictConfig, "recursive", "--recursive/--no-recursive")]
+FpsOpt = Annotated[float, option(PredictConfig, "fps", metavar="N")]
+EventsOpt = Annotated[bool, option(PredictConfig, "events")]
+SnapshotsOpt = Annotated[Path | None, option(PredictConfig, "snapshots", metavar="DIR")]
 HeatmapsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -110,22 +115,27 @@ def predict(
     csv_path: CsvOpt = None,
     only: OnlyOpt = None,
     recursive: RecursiveOpt = PredictConfig.recursive,
+    fps: FpsOpt = PredictConfig.fps,
+    events: EventsOpt = PredictConfig.events,
+    snapshots: SnapshotsOpt = PredictConfig.snapshots,
     shard: ShardOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
     merge: MergeOpt = False,
 ) -> None:
-    """Label photos as smoking or not smoking.
+    """Label photos and videos as smoking or not smoking.
 
     Prints a table (or JSON Lines with --json) with each image's label and p(smoking).
-    A broken or missing file becomes a row with its error; the run goes on.
+    A video gives a row per sampled frame (--fps), or per smoking event with --events; an
+    http(s):// URL is fetched as one photo (a camera's snapshot). A broken or missing file
+    or URL becomes a row with its error; the run goes on.
 
     \b
     Exit codes:
       0  every image got a label
       1  no usable input at all, or another error
       2  bad usage
-      3  some images failed (their rows say why), the others were labelled
+      3  some inputs failed (their rows say why), the others were labelled
 
     Many photos: split them with --shard and --merge, spread them over processes with
     torchrun, and keep a resumable --output file (see docs/scale.md).
@@ -135,6 +145,7 @@ def predict(
     \b
         smokerdet predict photos/ --json | jq 'select(.label == "smoking") | .path'
         smokerdet predict photos/ --heatmaps heat/ --csv results.csv
+        smokerdet predict clip.mp4 --events --snapshots events/
     """
     import time
 
@@ -153,6 +164,9 @@ def predict(
         device=device.value,
         backend=backend.value,
         recursive=recursive,
+        fps=fps,
+        events=events,
+        snapshots=snapshots,
     )
     if merge or shard or output or resume or world_from_env().distributed:
         if heatmaps is not None:
@@ -170,6 +184,9 @@ def predict(
         device=cfg.device,
         backend=cfg.backend,
         heatmaps=heatmaps,
+        fps=cfg.fps,
+        events=cfg.events,
+        snapshots=cfg.snapshots,
     )
     summary = render_predictions(
         rows,
@@ -179,6 +196,7 @@ def predict(
         only=only.value if only else None,
         started=started,
         heatmaps=heatmaps is not None,
+        events=cfg.events,
     )
     if summary.labelled == 0:
         raise typer.Exit(1)

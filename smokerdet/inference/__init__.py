@@ -11,6 +11,7 @@ from smokerdet.inference.backend import open_engine
 from smokerdet.inference.batch import (
     Decoded,
     Scored,
+    decode_image,
     decode_upload,
     score_decoded,
     score_paths,
@@ -24,9 +25,10 @@ from smokerdet.inference.familiarity import (
     pooled_features,
     refit,
 )
-from smokerdet.inference.rows import FIELDS, Prediction, columns
+from smokerdet.inference.rows import EVENT_FIELDS, FIELDS, Prediction, columns
 
 __all__ = [
+    "EVENT_FIELDS",
     "FIELDS",
     "Decoded",
     "Engine",
@@ -37,6 +39,7 @@ __all__ = [
     "WARN_SHARE",
     "export_model",
     "columns",
+    "decode_image",
     "decode_upload",
     "fit_for_model",
     "load_for",

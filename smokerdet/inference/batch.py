@@ -144,6 +144,30 @@ def decode_file(path: Path, cfg: DataConfig, keep: bool = False) -> Decoded:
     return _prepare(Path(path), str(path), cfg, keep, MAX_IMAGE_PIXELS)
 
 
+def decode_image(
+    name: str,
+    image: Image.Image,
+    cfg: DataConfig,
+    keep: bool = False,
+    size: tuple[int, int] | None = None,
+) -> Decoded:
+    """An already decoded upright RGB picture (a video frame) preprocessed for the model.
+
+    Args:
+        name: what the row and the heatmap's file name call it.
+        image: the picture.
+        cfg: the model's data config.
+        keep: keep the picture (to draw its heatmap on).
+        size: its own (width, height) when ``image`` was shrunk; default ``image.size``.
+    """
+    try:
+        x = preprocess(image, cfg)
+    except Exception as e:  # as _prepare: one bad frame must not stop a video
+        return Decoded(name, error=f"could not preprocess ({type(e).__name__}: {e})")
+    width, height = size or image.size
+    return Decoded(name, x, image if keep else None, width, height)
+
+
 def decode_upload(
     name: str,
     data: bytes,

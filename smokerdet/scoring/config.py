@@ -8,6 +8,7 @@ from pathlib import Path
 from smokerdet.config import BACKENDS, _check_common
 from smokerdet.data import SPLITS
 from smokerdet.errors import ConfigError
+from smokerdet.scoring.video import DEFAULT_FPS, check_fps
 
 
 @dataclass
@@ -67,3 +68,20 @@ class PredictConfig(ScoringConfig):
 
     recursive: bool = True
     """Walk folders recursively."""
+    fps: float = DEFAULT_FPS
+    """Video frames scored a second of video (0: every frame)."""
+    events: bool = False
+    """Merge each video's frames into smoking events: one row per event (start, end,
+    peak_probability, best frame) instead of one per frame."""
+    snapshots: Path | None = None
+    """With --events, write each event's best frame as a JPEG into this folder (created if
+    needed); without it no frame is stored anywhere."""
+
+    def __post_init__(self) -> None:
+        check_fps(self.fps)
+        if self.snapshots is not None and not self.events:
+            raise ConfigError(
+                "--snapshots writes the best frame of each event: add --events",
+                hint="smokerdet predict clip.mp4 --events --snapshots DIR",
+            )
+        super().__post_init__()

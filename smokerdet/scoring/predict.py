@@ -1,5 +1,8 @@
 """Label photos: files, folders, glob patterns or a list of paths in, one Prediction per image out.
 
+Video files give a row per sampled frame (or per event, with ``events``), and ``http(s)://``
+URLs are fetched as snapshots (:mod:`smokerdet.scoring.inputs`).
+
 Example:
     >>> import smokerdet
     >>> for p in smokerdet.predict(["examples/"]):  # doctest: +SKIP
@@ -25,11 +28,17 @@ from smokerdet.distributed import bounds
 from smokerdet.errors import ConfigError
 from smokerdet.inference import (
     WARN_SHARE,
-    Familiarity,
     Prediction,
     load_for,
     open_engine,
     score_paths,
+)
+from smokerdet.scoring.inputs import (
+    Scoring,
+    check_snapshot_dir,
+    input_kind,
+    url_row,
+    video_rows,
 )
 from smokerdet.scoring.shards import (
     PartHeader,
@@ -39,6 +48,8 @@ from smokerdet.scoring.shards import (
     merge_parts,
     open_results,
 )
+from smokerdet.scoring.urls import is_url
+from smokerdet.scoring.video import DEFAULT_FPS, check_fps, is_video_path
 
 if TYPE_CHECKING:
     from smokerdet.inference import Engine
@@ -53,7 +64,8 @@ class Inputs:
     """Expanded inputs, in a stable order without duplicates.
 
     Attributes:
-        items: (path, error) pairs; error is set for a path that does not exist.
+        items: (path, error) pairs; error is set for a path that does not exist. A path may
+            be a photo, a video file or an ``http(s)://`` URL.
         warnings: things worth saying that are not errors (a folder with no images).
     """
 
@@ -64,6 +76,11 @@ class Inputs:
         return len(self.items)
 
 
+def _wanted(name: str) -> bool:
+    """Whether a folder walk picks a file: a photo or a video, by its extension."""
+    return not name.startswith(".") and (is_image_file(Path(name)) or is_video_path(name))
+
+
 def _walk_images(folder: str, recursive: bool) -> list[str]:
     found: list[str] = []
     if recursive:
@@ -71,7 +88,7 @@ def _walk_images(folder: str, recursive: bool) -> list[str]:
         for dirpath, dirnames, filenames in os.walk(folder, onerror=lambda e: None):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if not name.startswith(".") and is_image_file(Path(name)):
+                if _wanted(name):
                     found.append(os.path.join(dirpath, name))
     else:
         try:
@@ -80,7 +97,7 @@ def _walk_images(folder: str, recursive: bool) -> list[str]:
             names = []
         for name in names:
             full = os.path.join(folder, name)
-            if not name.startswith(".") and is_image_file(Path(name)) and not os.path.isdir(full):
+            if _wanted(name) and not os.path.isdir(full):
                 found.append(full)
     return found
 
@@ -91,23 +108,26 @@ def expand_inputs(
     recursive: bool = True,
     stdin: TextIO | None = None,
 ) -> Inputs:
-    """Turn files, folders, glob patterns and ``-`` (paths on stdin) into a list of files.
+    """Turn files, folders, glob patterns, URLs and ``-`` (paths on stdin) into a list of inputs.
 
-    Folders are walked (recursively by default) for image extensions, case-insensitively.
-    A file named explicitly is kept whatever its extension. Duplicates are dropped, keeping
-    the first occurrence; a path that does not exist becomes an item with an error.
+    Folders are walked (recursively by default) for image and video extensions,
+    case-insensitively. A file named explicitly is kept whatever its extension, and an
+    ``http(s)://`` URL as it is. Duplicates are dropped, keeping the first occurrence; a path
+    that does not exist becomes an item with an error.
     """
     out = Inputs()
     seen: set[str] = set()
 
     def add(path: str, error: str | None = None) -> None:
-        key = os.path.normpath(os.path.abspath(path))
+        key = path if is_url(path) else os.path.normpath(os.path.abspath(path))
         if key not in seen:
             seen.add(key)
             out.items.append((path, error))
 
     def expand(raw: str) -> None:
-        if os.path.isdir(raw):
+        if is_url(raw):
+            add(raw)
+        elif os.path.isdir(raw):
             images = _walk_images(raw, recursive)
             if not images:
                 out.warnings.append(f"no images in folder {raw}")
@@ -165,8 +185,17 @@ def predict(
     recursive: bool = True,
     backend: str = "auto",
     heatmaps: str | os.PathLike[str] | None = None,
+    fps: float = DEFAULT_FPS,
+    events: bool = False,
+    snapshots: str | os.PathLike[str] | None = None,
 ) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` for every image in ``inputs``, in input order.
+
+    A video file yields a row per frame sampled at ``fps`` (with its ``frame`` and ``time``),
+    or with ``events`` a row per smoking event (its ``start``, ``end``, ``peak_probability``
+    and best frame; one row at the video's peak when it has none). An ``http(s)://`` URL is
+    fetched as one photo (size cap, timeout, TLS verified, image content types only). A video
+    or URL that cannot be read yields its error row, credentials redacted.
 
     Images stream in batches, so memory stays bounded however many paths are given. A file
     that can't be read yields a Prediction with ``error`` set; nothing stops the run. With an
@@ -193,6 +222,10 @@ def predict(
         backend: auto (ONNX when the model has an ONNX file), onnx or torch.
         heatmaps: a folder to write one heatmap overlay PNG per photo into; each
             Prediction's ``heatmap`` names its file.
+        fps: video frames sampled a second (0: every frame).
+        events: merge a video's frames into events, one row each.
+        snapshots: with ``events``, a folder (created) to write each event's best frame into
+            as a JPEG; without it no frame is stored anywhere.
 
     Raises:
         ModelNotFoundError, CheckpointError: no usable model (before any image is read).
@@ -202,7 +235,9 @@ def predict(
         raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    check_fps(fps)
     heat_dir = check_heatmap_dir(heatmaps) if heatmaps is not None else None
+    snap_dir = check_snapshot_dir(snapshots, events)
     expanded = inputs if isinstance(inputs, Inputs) else expand_inputs(inputs, recursive=recursive)
     for warning in expanded.warnings:
         log.warning(warning)
@@ -215,50 +250,41 @@ def predict(
     cut = engine.meta.threshold if threshold is None else threshold
     names = engine.meta.class_names or list(CLASS_NAMES)
     stats = load_for(engine)
-    return _generate(expanded, engine, cut, names, batch_size, workers, heat_dir, stats)
-
-
-def _generate(
-    expanded: Inputs,
-    engine: Engine,
-    cut: float,
-    names: list[str],
-    batch_size: int | None,
-    workers: int | None,
-    heat_dir: Path | None,
-    stats: Familiarity | None = None,
-) -> Iterator[Prediction]:
-    readable = [Path(p) for p, err in expanded.items if err is None]
-    scores = score_paths(
-        engine,
-        readable,
-        batch_size=batch_size,
-        workers=workers,
-        heatmaps=heat_dir,
-        familiarity=stats,
+    scoring = Scoring(
+        engine, cut, names, heat_dir, stats, batch_size, fps, events=events, snapshots=snap_dir
     )
-    asked = heat_dir is not None
+    return _generate(expanded, scoring, workers)
+
+
+def _generate(expanded: Inputs, s: Scoring, workers: int | None) -> Iterator[Prediction]:
+    """Every input's rows, in input order: photos through :func:`score_paths` (workers and
+    all), videos and URLs in this process (:mod:`smokerdet.scoring.inputs`)."""
+    photos = [Path(p) for p, err in expanded.items if err is None and input_kind(p) == "photo"]
+    scores = score_paths(
+        s.engine,
+        photos,
+        batch_size=s.batch_size,
+        workers=workers,
+        heatmaps=s.heatmaps,
+        familiarity=s.familiarity,
+    )
     counts = [0, 0]  # photos with a familiarity score, and how many of them are unfamiliar
     for path, error in expanded.items:
         if error is not None:
-            yield Prediction(
-                path,
-                None,
-                None,
-                threshold=cut,
-                model=engine.name,
-                error=error,
-                heatmaps_asked=asked,
-            )
+            yield s.error_row(path, error)
             continue
-        p = Prediction.of(
-            next(scores), path=path, threshold=cut, model=engine.name, names=names,
-            heatmaps_asked=asked,
-        )  # fmt: skip
-        if p.familiar is not None:
-            counts[0] += 1
-            counts[1] += not p.familiar
-        yield p
+        kind = input_kind(path)
+        if kind == "photo":
+            rows: Iterable[Prediction] = [s.row(next(scores), path)]
+        elif kind == "video":
+            rows = video_rows(path, s)
+        else:
+            rows = [url_row(path, s)]
+        for p in rows:
+            if p.familiar is not None:
+                counts[0] += 1
+                counts[1] += not p.familiar
+            yield p
     warn_unfamiliar(*counts)
 
 
@@ -363,6 +389,11 @@ def predict_shard(
     )
     cut = engine.meta.threshold if threshold is None else threshold
     names = engine.meta.class_names or list(CLASS_NAMES)
+    if any(input_kind(p) != "photo" for p, _ in expanded.items):
+        raise ConfigError(
+            "videos and URLs are scored in a plain run, not with --shard, --output or torchrun",
+            hint="give them to `smokerdet predict` without those options",
+        )
     start, stop = bounds(len(expanded), shard.index, shard.count)
     mine = expanded.items[start:stop]
     writer: ResultsWriter | None = None
@@ -383,8 +414,10 @@ def predict_shard(
 
     stats = load_for(engine)
 
+    scoring = Scoring(engine, cut, names, None, stats, batch_size)
+
     def score(part: Inputs) -> Iterator[Prediction]:
-        return _generate(part, engine, cut, names, batch_size, workers, None, stats)
+        return _generate(part, scoring, workers)
 
     if world.distributed:
         # Small runs still use every rank: blocks of at most SHARD_BLOCK, one round at least.

@@ -337,3 +337,43 @@ def _write_snapshot(folder: Path, run: _Run, event: Event) -> str:
     atomic_write_bytes(path, buffer.getvalue())
     event.best = None  # the picture is on disk; let it go
     return str(path)
+
+
+def watch_with_model(
+    source: str,
+    cfg: WatchConfig,
+    *,
+    on_event: Callable[[WatchEvent], None] | None = None,
+    stop: threading.Event | None = None,
+    stream_options: StreamOptions | None = None,
+    webhook_options: WebhookOptions | None = None,
+) -> WatchSummary:
+    """:func:`watch` with ``cfg.model`` loaded (ONNX Runtime when it has an ONNX file): each
+    frame goes through the one batch scorer, as ``predict`` scores a video's frames.
+
+    Raises:
+        ModelNotFoundError, CheckpointError: no usable model (before the source is opened).
+        StreamError, ConfigError: as :func:`watch`.
+    """
+    from smokerdet.inference import decode_image, open_engine, score_decoded
+
+    engine = open_engine(cfg.model)
+    data = engine.meta.data_config
+
+    def score_frame(image: Image.Image) -> float:
+        scored = score_decoded(engine, [decode_image("frame", image, data)])[0]
+        # A frame that cannot be preprocessed (never seen in practice) is not smoking: one
+        # odd frame must not stop a camera watched for days.
+        return 0.0 if scored.probability is None else scored.probability
+
+    return watch(
+        source,
+        cfg,
+        score_frame,
+        default_threshold=engine.meta.threshold,
+        model_name=engine.name,
+        on_event=on_event,
+        stop=stop,
+        stream_options=stream_options,
+        webhook_options=webhook_options,
+    )

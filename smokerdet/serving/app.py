@@ -4,6 +4,8 @@
 content type) and answers, per image, the fields of ``predict --json``. ``GET /`` is a review
 page (one static file, nothing loaded from the internet). With ``collect`` set, reviewed
 photos are saved content-addressed into ``collect/smoking/`` and ``collect/not_smoking/``.
+``GET /metrics`` gives Prometheus metrics (:mod:`smokerdet.telemetry`): requests by route and
+status, latency, photos by label, the unfamiliar share, the model; ``--token`` guards it too.
 
 No path or URL from a request is ever opened; every request body is read with a size cap;
 inference runs in worker threads, never on the event loop.
@@ -15,13 +17,13 @@ Example:
 
 import base64
 import hashlib
-import hmac
 import io
 import ipaddress
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
@@ -40,6 +42,7 @@ from smokerdet.inference import (
     score_decoded,
 )
 from smokerdet.serving.config import ServeConfig
+from smokerdet.telemetry import ServeMetrics, render, serve_metrics, token_ok
 
 log = logging.getLogger("smokerdet")
 
@@ -294,7 +297,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> Any:
 def _build_app(config: ServeConfig, engine: Engine) -> Any:
     import anyio
     from fastapi import Depends, FastAPI, Query, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 
     from smokerdet.__about__ import __version__
 
@@ -311,14 +314,11 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
     )
 
     _error_handlers(app)
+    metrics = serve_metrics(engine.name, engine.meta.threshold)
+    app.add_middleware(_CountRequests, metrics=metrics)
 
     def authorize(request: Request) -> None:
-        if config.token is None:
-            return
-        sent = request.headers.get("authorization", "")
-        scheme, _, value = sent.partition(" ")
-        expected = config.token.encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), expected):
+        if not token_ok(request.headers.get("authorization"), config.token):
             raise ApiError(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
 
     api = [Depends(authorize)]
@@ -332,6 +332,12 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
     async def readyz() -> dict[str, str]:
         """Readiness: the model is loaded (serve loads it before it listens)."""
         return {"status": "ready", "model": engine.name}
+
+    @app.get("/metrics", dependencies=api, include_in_schema=False)
+    async def get_metrics() -> Response:
+        """Prometheus metrics, in the text format."""
+        body, content_type = render(metrics.registry)
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/model", dependencies=api, tags=["api"])
     async def get_model() -> dict[str, Any]:
@@ -354,6 +360,9 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
         uploads = await parse_uploads(request, config)
         cut = engine.meta.threshold if threshold is None else threshold
         rows = await anyio.to_thread.run_sync(scorer.run, uploads, cut, heatmap, limiter=limiter)
+        for r in rows:
+            if r.label is not None:
+                metrics.observe_photo(r.label, unfamiliar=r.familiar is False)
         body = {"model": engine.name, "threshold": cut, "results": [r.to_dict() for r in rows]}
         if any(r.label is not None for r in rows):
             return JSONResponse(body)
@@ -392,6 +401,35 @@ def _build_app(config: ServeConfig, engine: Engine) -> Any:
 
     _pages(app)
     return app
+
+
+class _CountRequests:
+    """ASGI middleware: count every answered request by its route's pattern (never the raw
+    path, so a client cannot grow the metrics) and status, and time it. Pure ASGI, unlike
+    ``@app.middleware``, so request bodies stream through untouched."""
+
+    def __init__(self, app: Any, metrics: ServeMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # what the client gets when the app fails before answering
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            # The router writes the matched route into this same scope.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(route, status, time.perf_counter() - began)
 
 
 def json_error(status: int, message: str, **extra: Any) -> Any:

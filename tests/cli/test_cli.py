@@ -36,6 +36,7 @@ def test_version(runner):
         "models list",
         "models default",
         "models remove",
+        "watch",
     ],
 )
 def test_each_command_help_has_an_example(runner, command):
@@ -48,6 +49,17 @@ def test_cli_import_does_not_import_torch():
     code = "import sys, smokerdet.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_help_imports_neither_torch_onnxruntime_nor_av():
+    code = (
+        "import sys; from smokerdet.cli import main\n"
+        "try: main(['--help'])\n"
+        "except SystemExit: pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnxruntime', 'av'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_info_json(runner, smokerdet_home, model_copy):

@@ -21,6 +21,7 @@ from smokerdet.scoring.predict import expand_inputs
 ROW_FIELDS = [
     *("path", "label", "probability", "threshold", "model", "error"),
     *("familiar", "familiarity", "width", "height", "sha256"),
+    *("frame", "time", "notes"),
 ]
 
 

@@ -26,7 +26,7 @@ from serve_process import Server
 import smokerdet
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "s3cret-token"
+from serve_process import TOKEN  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,7 @@ def test_sigint_exits_130_with_a_resume_hint(flat_data, smokerdet_home):
     assert proc.returncode == 130, err
     assert "Error: training of sig interrupted" in err
     assert "Hint: resume with: smokerdet train --resume sig" in err
-    with FileLock(smokerdet_home / "models" / ".sig.lock", timeout=0):
+    with FileLock(smokerdet_home / "locks" / "sig.lock", timeout=0):
         pass  # the dying run released its lock
 
 

@@ -204,7 +204,7 @@ def render_export(result: ExportResult) -> None:
 def render_models(models: list[ModelInfo]) -> None:
     """``smokerdet models list``: one row per model, the default marked ``*``."""
     table = Table(title="Models", title_justify="left", caption_justify="left")
-    columns = ("", "name", "arch", "created", "val F1", "threshold", "familiarity", "path")
+    columns = ("", "name", "arch", "created", "F1", "threshold", "familiarity", "path")
     for col in (*columns, "problem"):
         table.add_column(col, overflow="fold")
     for m in models:
@@ -213,7 +213,7 @@ def render_models(models: list[ModelInfo]) -> None:
             escape(f"{m.name} (shipped)" if m.is_shipped else m.name),
             m.arch or "-",
             m.created or "-",
-            fmt(m.val_metrics.get("f1")),
+            _f1_cell(m),
             fmt(m.threshold),
             "yes" if m.familiarity else "no",
             escape(str(m.path)),
@@ -224,6 +224,13 @@ def render_models(models: list[ModelInfo]) -> None:
     else:
         table.caption = "* answers when no --model is given"
     out().print(table)
+
+
+def _f1_cell(m: ModelInfo) -> str:
+    """``0.9229 (cv)`` or ``0.8123 (val)``: the figure and where it was measured."""
+    if m.f1 is None:
+        return "-"
+    return f"{fmt(m.f1)} ({'cv' if m.f1_kind == 'cross-validated' else 'val'})"
 
 
 class RichTrainReporter:
@@ -388,6 +395,7 @@ class PredictSummary:
     smoking: int = 0
     failed: int = 0
     seconds: float = 0.0
+    threshold: float | None = None
 
 
 def _printable(text: str) -> str:
@@ -402,20 +410,32 @@ class RowTable:
     knowing the results; on a terminal it is capped so a row fits, off one never.
     """
 
-    def __init__(self, paths: Iterable[str] | None) -> None:
+    def __init__(self, paths: Iterable[str] | None, *, heatmaps: bool = False) -> None:
         self.console = out()
         # Paths not known up front (merged parts): a width that fits most.
         width = max((len(_printable(p)) for p in paths), default=0) if paths is not None else 40
         if self.console.is_terminal:
             width = min(width, max(20, self.console.width - 25))
         self.width = max(width, len("path"))
+        self.heatmaps = heatmaps
+        self.started = False
 
-    def header(self) -> None:
-        self.console.print(f"{'path':<{self.width}}  {'p(smoking)':>10}  label", style="bold")
+    def header(self, threshold: float) -> None:
+        """The column names, once, before the first row: the label says where smoking starts,
+        so that ``0.432  smoking`` reads as a threshold of 0.390 and not as a bug."""
+        if self.started:
+            return
+        self.started = True
+        label = f"label (smoking from p >= {threshold:.3f})"  # ASCII: not every console has ≥
+        heat = "  heatmap" if self.heatmaps else ""
+        self.console.print(
+            f"{'path':<{self.width}}  {'p(smoking)':>10}  {label}{heat}", style="bold"
+        )
 
     def row(self, p: Prediction) -> None:
         from rich.text import Text
 
+        self.header(p.threshold)
         path = _printable(p.path).ljust(self.width)
         if p.error is not None:
             cells = ("-".rjust(10), ("error: " + _printable(p.error), "red"))
@@ -424,7 +444,8 @@ class RowTable:
             cells = (f"{p.probability:.3f}".rjust(10), (str(p.label), style))
         # Unlike the training photos: the label is less reliable than the model's metrics.
         odd = ("  (unfamiliar)", "yellow") if p.familiar is False else ""
-        self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1], odd))
+        heat = f"  {_printable(p.heatmap or '-')}" if self.heatmaps else ""
+        self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1], odd, heat))
 
 
 def _progress(total: int, stack: ExitStack) -> Callable[[], None]:
@@ -493,9 +514,7 @@ def render_predictions(
             )
             writer = csv.writer(f)
             writer.writerow(columns(heatmaps))
-        table = None if json_lines or to_stdout_csv else RowTable(paths)
-        if table is not None:
-            table.header()
+        table = None if json_lines or to_stdout_csv else RowTable(paths, heatmaps=heatmaps)
         advance = _progress(summary.total, stack)
         try:
             for row in rows:
@@ -529,6 +548,8 @@ def emit_row(
     output or in none, and ``summary.done`` counts exactly the rows written.
     """
     _count(summary, row, warn=not json_lines)
+    if table is not None:
+        table.header(row.threshold)  # even when --only drops this row
     if only is not None and row.error is None and row.label != only:
         return
     if writer is not None:
@@ -543,6 +564,7 @@ def emit_row(
 def _count(summary: PredictSummary, row: Prediction, warn: bool) -> None:
     summary.done += 1
     summary.model = summary.model or row.model
+    summary.threshold = row.threshold
     if row.error is None:
         summary.labelled += 1
         summary.smoking += row.label == "smoking"
@@ -562,7 +584,9 @@ def _print_summary(summary: PredictSummary) -> None:
     sys.stderr.write(
         (f"model {summary.model}: " if summary.model else "")
         + f"{count} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
-        f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
+        f"{summary.labelled - summary.smoking} not smoking"
+        + (f" at threshold {summary.threshold:.3f}" if summary.threshold is not None else "")
+        + f", {summary.failed} failed, "
         f"{rate:.1f} images/s (model loading included)\n"
     )
 

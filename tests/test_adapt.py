@@ -76,6 +76,9 @@ def test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold(
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 16 and all("familiar" in row for row in rows)
+    r = runner.invoke(app, ["eval", "--model", "site", "--data", str(site), "--split", "all"])
+    assert r.exit_code == 0, r.output  # the site photos refit its head: all in-sample
+    assert "Warning: all 16 photos were in the model's training data (in-sample)" in r.stderr
     assert "no familiarity" not in r.stderr and "belongs to other weights" not in r.stderr
 
 

@@ -116,7 +116,7 @@ def test_no_usable_input_exits_1(runner, model_copy, tmp_path):
     bad.write_bytes(b"nope")
     r = runner.invoke(app, ["predict", str(bad)])
     assert r.exit_code == 1
-    assert "0 not smoking, 1 failed" in r.stderr
+    assert "0 not smoking at threshold 0.390, 1 failed" in r.stderr
 
 
 def test_table_output_and_summary(runner, model_copy, photos):

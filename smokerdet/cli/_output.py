@@ -100,8 +100,9 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def metrics_table(m: BinaryMetrics) -> Table:
-    """Accuracy, precision, recall, F1, specificity, ROC-AUC and support."""
+def metrics_table(m: BinaryMetrics, extra_rows: Iterable[tuple[str, str]] = ()) -> Table:
+    """Accuracy, precision, recall, F1, specificity, ROC-AUC and support, then
+    ``extra_rows`` (label, cell)."""
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -118,6 +119,8 @@ def metrics_table(m: BinaryMetrics) -> Table:
     table.add_row(
         "support (smoking / not smoking)", f"{m.support_smoking} / {m.support_not_smoking}"
     )
+    for label, cell in extra_rows:
+        table.add_row(label, cell)
     return table
 
 
@@ -132,11 +135,11 @@ def confusion_table(m: BinaryMetrics) -> Table:
     return table
 
 
-def print_metrics(m: BinaryMetrics, title: str) -> None:
+def print_metrics(m: BinaryMetrics, title: str, extra_rows: Iterable[tuple[str, str]] = ()) -> None:
     console = out()
     # The title on its own line: as a table title it would wrap to the table's width.
     console.print(title, style="italic")
-    console.print(metrics_table(m))
+    console.print(metrics_table(m, extra_rows))
     console.print(confusion_table(m))
     for note in m.notes:
         err().print(f"Note: {escape(note)}")
@@ -379,9 +382,22 @@ def render_cv(result: CVResult) -> None:
 def render_eval(report: EvalReport) -> None:
     """``smokerdet eval`` as tables."""
     title = f"{report.model} on {report.split} split of {report.data} ({report.metrics.n} images)"
-    print_metrics(report.metrics, escape(title))
+    # The notes on in-sample photos went to stderr as warnings, from evaluate() itself.
+    print_metrics(report.metrics, escape(title), _in_sample_rows(report.in_sample))
     if report.skipped:
         err().print(f"Warning: skipped {len(report.skipped)} unreadable images")
+
+
+def _in_sample_rows(in_sample: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The table rows that say how many photos the model had seen: ``12 of 40``."""
+    if in_sample is None:
+        return [("in-sample photos", "unknown (no record of its training photos)")]
+    rows = [("in-sample photos", f"{in_sample['photos']} of {in_sample['of']}")]
+    if in_sample["validation_photos"]:
+        rows.append(
+            ("its validation photos", f"{in_sample['validation_photos']} of {in_sample['of']}")
+        )
+    return rows
 
 
 @dataclass

@@ -49,7 +49,11 @@ from smokerdet.data import (
 )
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.models import REHEARSAL_FILE, Rehearsal, backbone_sha256, load_model, save_model
-from smokerdet.training.artifacts import export_onnx, fit_familiarity_on_features
+from smokerdet.training.artifacts import (
+    export_onnx,
+    fit_familiarity_on_features,
+    record_training_photos,
+)
 from smokerdet.training.config import TrainConfig
 from smokerdet.training.report import TrainReporter, TrainResult
 from smokerdet.training.start import claim, publish, run_name
@@ -290,7 +294,7 @@ def adapt_head(
     cfg: TrainConfig, folder: Path, splits: DatasetSplits
 ) -> tuple[ModelMeta, BinaryMetrics, dict[str, Any]]:
     """Refit the init model's head on the site photos and save the model in ``folder``, with
-    its familiarity stats, rehearsal rows and ONNX twin.
+    its familiarity stats, rehearsal rows, training photos and ONNX twin.
 
     Returns:
         The saved model's meta, the cross-validated metrics of the site photos at the
@@ -366,6 +370,8 @@ def adapt_head(
     # so their features are this model's too.
     described = site.x if rows is None else np.concatenate([rows.features, site.x])
     fit_familiarity_on_features(folder, described, meta.weights_sha256)
+    # The site photos refit the head; the init model's photos shaped everything else.
+    record_training_photos(folder, {"fit": [smp.path for smp in site.samples]}, init.path)
     export_onnx(folder)
     oof_rows = [{"path": str(smp.path), "label": int(label), "probability": float(prob)}
                 for smp, label, prob in zip(site.samples, site.y, oof, strict=True)]  # fmt: skip

@@ -578,6 +578,47 @@ MUTATIONS: list[Mutation] = [
         proves="a file pulled from the Hub that does not match its SHA-256 in smokerdet.json is "
         "refused, removed from the cache and never used",
     ),
+    Mutation(
+        id="eval-blind-to-training-photos",
+        file="smokerdet/scoring/evaluate.py",
+        old="        fit = sum(r in tp.TRAINED for r in roles)",
+        new="        fit = 0",
+        tests=(
+            "tests/training/test_train_eval.py::test_eval_recognises_training_photos_by_content",
+        ),
+        proves="eval counts the photos a model trained on, by content, and says so",
+    ),
+    Mutation(
+        id="locks-beside-the-models",
+        file=CHECKPOINT,
+        old="    locks = locks_dir()",
+        new="    locks = folder.parent",
+        tests=(
+            "tests/cli/test_models_cli.py::"
+            "test_training_never_changes_the_default_and_says_how_to_use_the_model",
+        ),
+        proves="a training run leaves no lock or pid file in the models folder",
+    ),
+    Mutation(
+        id="remove-the-default-unasked",
+        file="smokerdet/models/registry.py",
+        old="    if info.is_default and not default_too:",
+        new="    if False:",
+        tests=(
+            "tests/cli/test_models_cli.py::test_remove_the_default_goes_back_to_the_shipped_model",
+        ),
+        proves="`models remove` keeps the default model without --yes",
+    ),
+    Mutation(
+        id="stdin-nul-as-one-line",
+        file=PREDICT,
+        old='    if "\\0" in text:',
+        new="    if False:",
+        tests=(
+            "tests/scoring/test_predict.py::test_nul_separated_paths_from_stdin_keep_odd_names_whole",
+        ),
+        proves="`find -print0 | smokerdet predict -` reads each NUL-separated path",
+    ),
 ]
 
 

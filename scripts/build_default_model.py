@@ -16,8 +16,12 @@ Steps (each a subcommand; ``all`` runs them in order):
    sources are not used: see docs/model-card.md, "Other sources".)
 3. ``ship``: copy the trained model into the package in fp16, recording the build command,
    seed, data and the backbone's provenance in ``model.json``, export it to ``model.onnx``
-   (what ``predict`` runs), fit its familiarity stats and rehearsal rows (which then ride
-   in ``model.onnx`` too), and record its answers on ``examples/`` for the golden test.
+   (what ``predict`` runs), list its training photos by content (``training_photos.json``,
+   so that ``eval`` says when it scores them), fit its familiarity stats and rehearsal rows
+   (all three then ride in ``model.onnx`` too), and record its answers on ``examples/`` for
+   the golden test.
+4. ``photos``: only the list of training photos, for the model already shipped (checked
+   against its data fingerprint first; nothing is retrained).
 
 Example:
     python scripts/build_default_model.py all --data ../shared/data/smoker-detection
@@ -254,8 +258,38 @@ def ship(model_dir: Path, command: list[str] | None, data: Path) -> None:
           f"{cv['mean']['accuracy']:.4f} ± {cv['sd']['accuracy']:.4f} at threshold "
           f"{meta.threshold:.3f}")  # fmt: skip
     export_shipped()
+    write_shipped_training_photos(data)
     fit_shipped_familiarity(data)
     write_golden()
+
+
+def write_shipped_training_photos(data: Path) -> None:
+    """List the shipped model's training photos by content: every photo of Training and
+    Validation trained its final model (the 3-fold CV picked only the epoch count and the
+    threshold), so all are ``fit``. The photos must be the ones its ``data_fingerprint``
+    records, byte for byte; the list goes beside the weights and into ``model.onnx``."""
+    from smokerdet.data.layout import find_dataset, fingerprint
+    from smokerdet.models import sidecars, training_photos
+    from smokerdet.models.checkpoint import read_meta
+
+    ds = find_dataset(data)
+    photos = ds.train + ds.val
+    stored = read_meta(SHIPPED).data_fingerprint
+    found = fingerprint(photos, ds.root)
+    if (found["n_files"], found["sha256"]) != (stored["n_files"], stored["sha256"]):
+        raise SystemExit(
+            f"{data} is not the data the shipped model was trained on: fingerprint "
+            f"{found['sha256'][:12]}... of {found['n_files']} photos, model.json has "
+            f"{stored['sha256'][:12]}... of {stored['n_files']}"
+        )
+    listed = training_photos.TrainingPhotos.record(
+        stored["sha256"], {"fit": [s.path for s in photos]}
+    )
+    training_photos.save(SHIPPED, listed)
+    embedded = sidecars.embed(SHIPPED)
+    print(
+        f"training photos: {len(listed.roles)} distinct of {len(photos)}; in model.onnx: {embedded}"
+    )
 
 
 def fit_shipped_familiarity(data: Path) -> None:
@@ -318,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("step", choices=["convert", "train", "wise", "ship", "all"])
+    parser.add_argument("step", choices=["convert", "train", "wise", "ship", "photos", "all"])
     parser.add_argument("--alpha", type=float, default=0.5, help="WiSE-FT mixing (step wise)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/smoker-detection")
     parser.add_argument(
@@ -342,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
         from smokerdet.paths import models_dir
 
         ship(args.model or models_dir() / args.name, command, args.data)
+    if args.step == "photos":
+        write_shipped_training_photos(args.data)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,12 @@ def hub_dir() -> Path:
     return data_dir() / HUB
 
 
+def locks_dir() -> Path:
+    """Folder of the training locks, one ``NAME.lock`` per model name (kept out of
+    :func:`models_dir`, so that it lists models only)."""
+    return data_dir() / "locks"
+
+
 def default_choice_file() -> Path:
     """The JSON file recording the model the user chose with ``smokerdet models default``."""
     return data_dir() / DEFAULT_CHOICE

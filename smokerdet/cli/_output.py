@@ -101,8 +101,9 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def metrics_table(m: BinaryMetrics) -> Table:
-    """Accuracy, precision, recall, F1, specificity, ROC-AUC and support."""
+def metrics_table(m: BinaryMetrics, extra_rows: Iterable[tuple[str, str]] = ()) -> Table:
+    """Accuracy, precision, recall, F1, specificity, ROC-AUC and support, then
+    ``extra_rows`` (label, cell)."""
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -119,6 +120,8 @@ def metrics_table(m: BinaryMetrics) -> Table:
     table.add_row(
         "support (smoking / not smoking)", f"{m.support_smoking} / {m.support_not_smoking}"
     )
+    for label, cell in extra_rows:
+        table.add_row(label, cell)
     return table
 
 
@@ -133,11 +136,11 @@ def confusion_table(m: BinaryMetrics) -> Table:
     return table
 
 
-def print_metrics(m: BinaryMetrics, title: str) -> None:
+def print_metrics(m: BinaryMetrics, title: str, extra_rows: Iterable[tuple[str, str]] = ()) -> None:
     console = out()
     # The title on its own line: as a table title it would wrap to the table's width.
     console.print(title, style="italic")
-    console.print(metrics_table(m))
+    console.print(metrics_table(m, extra_rows))
     console.print(confusion_table(m))
     for note in m.notes:
         err().print(f"Note: {escape(note)}")
@@ -205,7 +208,7 @@ def render_export(result: ExportResult) -> None:
 def render_models(models: list[ModelInfo]) -> None:
     """``smokerdet models list``: one row per model, the default marked ``*``."""
     table = Table(title="Models", title_justify="left", caption_justify="left")
-    columns = ("", "name", "arch", "created", "val F1", "threshold", "familiarity", "path")
+    columns = ("", "name", "arch", "created", "F1", "threshold", "familiarity", "path")
     for col in (*columns, "problem"):
         table.add_column(col, overflow="fold")
     for m in models:
@@ -214,7 +217,7 @@ def render_models(models: list[ModelInfo]) -> None:
             escape(f"{m.name} (shipped)" if m.is_shipped else m.name),
             m.arch or "-",
             m.created or "-",
-            fmt(m.val_metrics.get("f1")),
+            _f1_cell(m),
             fmt(m.threshold),
             "yes" if m.familiarity else "no",
             escape(str(m.path)),
@@ -225,6 +228,13 @@ def render_models(models: list[ModelInfo]) -> None:
     else:
         table.caption = "* answers when no --model is given"
     out().print(table)
+
+
+def _f1_cell(m: ModelInfo) -> str:
+    """``0.9229 (cv)`` or ``0.8123 (val)``: the figure and where it was measured."""
+    if m.f1 is None:
+        return "-"
+    return f"{fmt(m.f1)} ({'cv' if m.f1_kind == 'cross-validated' else 'val'})"
 
 
 class RichTrainReporter:
@@ -373,9 +383,22 @@ def render_cv(result: CVResult) -> None:
 def render_eval(report: EvalReport) -> None:
     """``smokerdet eval`` as tables."""
     title = f"{report.model} on {report.split} split of {report.data} ({report.metrics.n} images)"
-    print_metrics(report.metrics, escape(title))
+    # The notes on in-sample photos went to stderr as warnings, from evaluate() itself.
+    print_metrics(report.metrics, escape(title), _in_sample_rows(report.in_sample))
     if report.skipped:
         err().print(f"Warning: skipped {len(report.skipped)} unreadable images")
+
+
+def _in_sample_rows(in_sample: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The table rows that say how many photos the model had seen: ``12 of 40``."""
+    if in_sample is None:
+        return [("in-sample photos", "unknown (no record of its training photos)")]
+    rows = [("in-sample photos", f"{in_sample['photos']} of {in_sample['of']}")]
+    if in_sample["validation_photos"]:
+        rows.append(
+            ("its validation photos", f"{in_sample['validation_photos']} of {in_sample['of']}")
+        )
+    return rows
 
 
 @dataclass
@@ -389,6 +412,7 @@ class PredictSummary:
     smoking: int = 0
     failed: int = 0
     seconds: float = 0.0
+    threshold: float | None = None
 
 
 def _printable(text: str) -> str:
@@ -403,7 +427,7 @@ class RowTable:
     knowing the results; on a terminal it is capped so a row fits, off one never.
     """
 
-    def __init__(self, paths: Iterable[str] | None) -> None:
+    def __init__(self, paths: Iterable[str] | None, *, heatmaps: bool = False) -> None:
         self.console = out()
         # Paths not known up front (merged parts): a width that fits most.
         width = 40
@@ -415,13 +439,25 @@ class RowTable:
         if self.console.is_terminal:
             width = min(width, max(20, self.console.width - 25))
         self.width = max(width, len("path"))
+        self.heatmaps = heatmaps
+        self.started = False
 
-    def header(self) -> None:
-        self.console.print(f"{'path':<{self.width}}  {'p(smoking)':>10}  label", style="bold")
+    def header(self, threshold: float) -> None:
+        """The column names, once, before the first row: the label says where smoking starts,
+        so that ``0.432  smoking`` reads as a threshold of 0.390 and not as a bug."""
+        if self.started:
+            return
+        self.started = True
+        label = f"label (smoking from p >= {threshold:.3f})"  # ASCII: not every console has ≥
+        heat = "  heatmap" if self.heatmaps else ""
+        self.console.print(
+            f"{'path':<{self.width}}  {'p(smoking)':>10}  {label}{heat}", style="bold"
+        )
 
     def row(self, p: Prediction) -> None:
         from rich.text import Text
 
+        self.header(p.threshold)
         path = _where(p).ljust(self.width)
         if p.error is not None:
             cells = ("-".rjust(10), ("error: " + _printable(p.error), "red"))
@@ -430,7 +466,8 @@ class RowTable:
             cells = (f"{p.probability:.3f}".rjust(10), (str(p.label), style))
         # Unlike the training photos: the label is less reliable than the model's metrics.
         odd = ("  (unfamiliar)", "yellow") if p.familiar is False else ""
-        self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1], odd))
+        heat = f"  {_printable(p.heatmap or '-')}" if self.heatmaps else ""
+        self.console.print(Text.assemble(path, "  ", cells[0], "  ", cells[1], odd, heat))
 
 
 def _where(p: Prediction) -> str:
@@ -517,9 +554,7 @@ def render_predictions(
             from smokerdet.inference.rows import columns
 
             writer.writerow(columns(heatmaps, events))
-        table = None if json_lines or to_stdout_csv else RowTable(paths)
-        if table is not None:
-            table.header()
+        table = None if json_lines or to_stdout_csv else RowTable(paths, heatmaps=heatmaps)
         advance = _progress(summary.total, stack)
         try:
             for row in rows:
@@ -554,6 +589,8 @@ def emit_row(
     output or in none, and ``summary.done`` counts exactly the rows written.
     """
     _count(summary, row, warn=not json_lines)
+    if table is not None:
+        table.header(row.threshold)  # even when --only drops this row
     if only is not None and row.error is None and row.label != only:
         return
     if writer is not None:
@@ -568,6 +605,7 @@ def emit_row(
 def _count(summary: PredictSummary, row: Prediction, warn: bool) -> None:
     summary.done += 1
     summary.model = summary.model or row.model
+    summary.threshold = row.threshold
     if row.error is None:
         summary.labelled += 1
         summary.smoking += row.label == "smoking"
@@ -586,7 +624,9 @@ def _print_summary(summary: PredictSummary) -> None:
     sys.stderr.write(
         (f"model {summary.model}: " if summary.model else "")
         + f"{count} image{'' if summary.total == 1 else 's'}, {summary.smoking} smoking, "
-        f"{summary.labelled - summary.smoking} not smoking, {summary.failed} failed, "
+        f"{summary.labelled - summary.smoking} not smoking"
+        + (f" at threshold {summary.threshold:.3f}" if summary.threshold is not None else "")
+        + f", {summary.failed} failed, "
         f"{rate:.1f} images/s (model loading included)\n"
     )
 

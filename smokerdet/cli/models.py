@@ -29,6 +29,15 @@ def _models(ctx: typer.Context) -> None:
 
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A model name from `models list`.")]
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        "-y",
+        help="Remove it even when it is the default model (asked on a terminal, refused "
+        "otherwise).",
+    ),
+]
 
 
 @app.command("list", cls=Command)
@@ -96,8 +105,9 @@ def default(
 
 
 @app.command("remove", cls=Command)
-def remove(name: NameArg) -> None:
-    """Delete a trained model's folder. The shipped model cannot be removed.
+def remove(name: NameArg, yes: YesOpt = False) -> None:
+    """Delete a trained model's folder. The shipped model cannot be removed; the default
+    model only with --yes (or a yes at the prompt).
 
     Example:
 
@@ -107,7 +117,7 @@ def remove(name: NameArg) -> None:
     from smokerdet.cli._output import say
     from smokerdet.models import remove_model
 
-    removed = remove_model(name)
+    removed = remove_model(name, default_too=yes or _confirmed(name))
     say(f"Removed model {name} ({removed.path})")
     if removed.is_default:
         say(
@@ -156,6 +166,22 @@ def push(
     say(
         f"Pushed {result.model} to {result.repo_id}: {len(result.files)} files{made} ({result.commit_url})"
     )
+
+
+def _confirmed(name: str) -> bool:
+    """On a terminal, whether the user agrees to remove ``name`` when it is the default."""
+    import sys
+
+    from smokerdet.errors import ModelNotFoundError
+    from smokerdet.models.registry import chosen_default
+
+    try:
+        is_default = chosen_default() == name
+    except ModelNotFoundError:
+        return False  # remove_model says what is wrong
+    if not is_default or not sys.stdin.isatty():
+        return False
+    return typer.confirm(f"{name} answers when no --model is given; remove it?", err=True)
 
 
 def _label(name: str) -> str:

@@ -62,8 +62,8 @@ HeatmapsOpt = Annotated[
     typer.Option(
         "--heatmaps",
         metavar="DIR",
-        help="Write a PNG per photo showing where the model looked into DIR (an existing "
-        "folder); each row gets its file name in a 'heatmap' field.",
+        help="Write a PNG per photo showing where the model looked into DIR (created; its "
+        "parent must exist); each row gets its file name in a 'heatmap' column.",
     ),
 ]
 ShardOpt = Annotated[

@@ -29,6 +29,7 @@ from smokerdet.data import CLASS_NAMES, DataConfig
 from smokerdet.errors import CheckpointError, ConfigError
 from smokerdet.faults import point
 from smokerdet.models.build import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from smokerdet.paths import locks_dir
 
 WEIGHTS_FILE = "model.safetensors"
 PREVIOUS_WEIGHTS_FILE = "model.prev.safetensors"
@@ -139,9 +140,11 @@ def check_name(name: str) -> None:
 
 
 def lock_files(folder: Path) -> tuple[Path, Path]:
-    """The lock of a model folder and the file naming its holder: ``.NAME.lock`` and
-    ``.NAME.pid``, beside the folder (so that removing the folder leaves the lock alone)."""
-    return folder.parent / f".{folder.name}.lock", folder.parent / f".{folder.name}.pid"
+    """The lock of a model folder and the file naming its holder: ``NAME.lock`` and
+    ``NAME.pid`` in :func:`~smokerdet.paths.locks_dir` (not beside the folder: the models
+    folder holds models only, and removing a model leaves its lock alone)."""
+    locks = locks_dir()
+    return locks / f"{folder.name}.lock", locks / f"{folder.name}.pid"
 
 
 @contextlib.contextmanager
@@ -149,7 +152,7 @@ def model_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on a model folder while one training run writes it.
 
     The operating system drops the lock when its process dies (a crash, SIGKILL), so a lock
-    left behind never blocks the next run. While it is held, ``.NAME.pid`` names the holder's
+    left behind never blocks the next run. While it is held, ``NAME.pid`` names the holder's
     process (see :func:`lock_holder`).
 
     Raises:
@@ -158,7 +161,7 @@ def model_lock(folder: Path) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     lock_file, pid_file = lock_files(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_file, timeout=0)
     try:
         lock.acquire()

@@ -72,7 +72,8 @@ class ExportResult:
         familiarity: whether it carries familiarity stats of its weights.
         familiarity_photos: the training photos those stats describe (0: none).
         rehearsal: whether it carries rehearsal rows for site adaptation.
-        carried_bytes: what the familiarity stats and rehearsal rows add to ``size_bytes``.
+        carried_bytes: what the familiarity stats, rehearsal rows and training photos add to
+            ``size_bytes``.
         not_carried: why each file of the folder is not carried, by file name, as the rest of
             a sentence about it (``is missing``, ``is not valid (...)``, ``belongs to other
             weights (...)``).

@@ -232,6 +232,10 @@ class ModelInfo:
         problem: why ``model.json`` could not be read, None when it could.
         familiarity: True when it has familiarity stats of its weights (in its folder or its
             ONNX file), so its predictions say how familiar each photo looks.
+        f1: its F1 as recorded at training time: on the validation split, else pooled
+            out-of-fold (cross-validated, as the shipped and adapted models have); None when
+            it has neither.
+        f1_kind: where ``f1`` comes from: "validation", "cross-validated", or None.
     """
 
     name: str
@@ -244,6 +248,8 @@ class ModelInfo:
     is_shipped: bool = False
     problem: str | None = None
     familiarity: bool = False
+    f1: float | None = None
+    f1_kind: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -265,7 +271,18 @@ def _info(
         is_shipped=name == SHIPPED_NAME and folder == default_model_dir(),
         problem=problem,
         familiarity=meta is not None and familiarity_in(folder, meta),
+        **_f1(meta),
     )
+
+
+def _f1(meta: ModelMeta | None) -> dict[str, Any]:
+    """A model's recorded F1 and its kind: validation first, else pooled out-of-fold."""
+    if meta is not None and meta.val_metrics.get("f1") is not None:
+        return {"f1": meta.val_metrics["f1"], "f1_kind": "validation"}
+    pooled = (meta.cv_metrics.get("pooled_oof") or {}) if meta is not None else {}
+    if pooled.get("f1") is not None:
+        return {"f1": pooled["f1"], "f1_kind": "cross-validated"}
+    return {"f1": None, "f1_kind": None}
 
 
 def _current_default() -> str | None:
@@ -345,15 +362,21 @@ def reset_default() -> ModelInfo:
     return _find(SHIPPED_NAME)
 
 
-def remove_model(name: str) -> ModelInfo:
+def remove_model(name: str, *, default_too: bool = False) -> ModelInfo:
     """Delete a trained model's folder; returns what it was.
 
     The folder is first renamed to a hidden name in the same folder (one atomic step, after
     which no command sees the model), then deleted. When it was the chosen default, the choice
     goes back to the shipped model: ``is_default`` in the result says so.
 
+    Args:
+        name: the model's name.
+        default_too: remove it even when it is the chosen default (the model that answers
+            when no ``--model`` is given); without it, that is refused.
+
     Raises:
-        ConfigError: ``name`` is the shipped model, or a training run is writing it.
+        ConfigError: ``name`` is the shipped model or (without ``default_too``) the chosen
+            default, or a training run is writing it.
         ModelNotFoundError: no trained model has that name.
         CheckpointError: the folder could not be renamed or deleted.
     """
@@ -364,6 +387,12 @@ def remove_model(name: str) -> ModelInfo:
             "(see `smokerdet models list`)",
         )
     info = _find(name)
+    if info.is_default and not default_too:
+        raise ConfigError(
+            f"model {name!r} answers when no --model is given (the default)",
+            hint=f"pass --yes to remove it anyway: `smokerdet models remove {name} --yes` "
+            "(the shipped model answers then)",
+        )
     pid = lock_holder(info.path)  # the lock itself: no stale process id can fool it
     if pid is not None:
         raise ConfigError(

@@ -14,6 +14,10 @@ Base64 costs a third more than the raw bytes; for the shipped model (1280 featur
 familiarity stats add 0.45 MB and the 512 rehearsal rows (fp16, as in the folder) 1.75 MB to
 its 13.5 MB ONNX file.
 
+The list of the model's training photos (``training_photos.json``,
+:mod:`smokerdet.models.training_photos`) rides along too, as its JSON text in the field
+``training_photos``, when it belongs to the model's ``data_fingerprint``.
+
 numpy-free: only the headers are read here (the stats themselves are parsed where they are
 used).
 """
@@ -32,6 +36,8 @@ from smokerdet.models.checkpoint import ModelMeta, read_meta
 from smokerdet.models.onnx_format import ONNX_FILE, read_props, with_props
 from smokerdet.models.rehearsal import FORMAT as REHEARSAL_FORMAT
 from smokerdet.models.rehearsal import REHEARSAL_FILE, backbone_sha256
+from smokerdet.models.training_photos import FIELD as PHOTOS_FIELD
+from smokerdet.models.training_photos import load as load_training_photos
 
 #: The familiarity stats beside a model's weights.
 FAMILIARITY_FILE = "familiarity.safetensors"
@@ -123,7 +129,8 @@ class Carried:
 
 
 def carried(folder: Path, meta: ModelMeta) -> Carried:
-    """The sidecars in ``folder`` that an ONNX file of ``meta``'s weights should carry."""
+    """The sidecars in ``folder`` that an ONNX file of ``meta``'s weights should carry (and
+    its training photos, when they are of ``meta``)."""
     out = Carried()
     for name, prop in FIELDS.items():
         try:
@@ -139,6 +146,9 @@ def carried(folder: Path, meta: ModelMeta) -> Carried:
             out.problems[name] = str(e)
             continue
         out.props[prop] = encode(blob)
+    photos = load_training_photos(Path(folder), meta.data_fingerprint.get("sha256"))
+    if photos is not None:  # an old model has none: nothing to say about it
+        out.props[PHOTOS_FIELD] = photos.to_json()
     return out
 
 
@@ -159,7 +169,7 @@ def embed(folder: Path) -> bool:
     meta = read_meta(Path(folder))
     if props.get("weights_sha256") != meta.weights_sha256:
         return False
-    kept = {k: v for k, v in props.items() if k not in FIELDS.values()}
+    kept = {k: v for k, v in props.items() if k not in (*FIELDS.values(), PHOTOS_FIELD)}
     atomic_write_bytes(path, with_props(blob, {**kept, **carried(Path(folder), meta).props}))
     return True
 

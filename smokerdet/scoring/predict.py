@@ -102,13 +102,22 @@ def _walk_images(folder: str, recursive: bool) -> list[str]:
     return found
 
 
+def _stdin_paths(text: str) -> list[str]:
+    """The paths read from stdin: NUL-separated when any NUL is there (``find -print0``,
+    which keeps names with newlines whole), else one a line."""
+    if "\0" in text:
+        return [p for p in text.split("\0") if p]
+    return [p for p in (line.rstrip("\r") for line in text.split("\n")) if p]
+
+
 def expand_inputs(
     inputs: Iterable[str | os.PathLike[str]],
     *,
     recursive: bool = True,
     stdin: TextIO | None = None,
 ) -> Inputs:
-    """Turn files, folders, glob patterns, URLs and ``-`` (paths on stdin) into a list of inputs.
+    """Turn files, folders, glob patterns, URLs and ``-`` (paths on stdin, one a line, or
+    NUL-separated as ``find -print0`` writes them) into a list of inputs.
 
     Folders are walked (recursively by default) for image and video extensions,
     case-insensitively. A file named explicitly is kept whatever its extension, and an
@@ -147,22 +156,35 @@ def expand_inputs(
     for item in inputs:
         raw = os.fspath(item)
         if raw == "-":
-            for line in stdin or sys.stdin:
-                line = line.rstrip("\r\n")
-                if line:
-                    expand(line)
+            for path in _stdin_paths((stdin or sys.stdin).read()):
+                expand(path)
         else:
             expand(raw)
     return out
 
 
 def check_heatmap_dir(heatmaps: str | os.PathLike[str]) -> Path:
-    """The ``--heatmaps`` folder, checked writable before any image is read."""
+    """The ``--heatmaps`` folder, created when missing and checked writable before any image
+    is read. Its parent must exist (as for ``eval --plots``): a typo then fails instead of
+    building a tree of folders."""
     folder = Path(heatmaps).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(
-            f"--heatmaps {folder}: no such folder", hint="create it first, or pick another"
-        )
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--heatmaps {folder} is a file, not a folder")
+    if not folder.exists():
+        if not folder.parent.is_dir():
+            raise ConfigError(
+                f"--heatmaps {folder}: the folder {folder.parent} does not exist",
+                hint="create it first, or give --heatmaps a folder inside an existing one",
+            )
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            pass  # made by a concurrent run meanwhile: the probe below checks it
+        except OSError as e:
+            raise ConfigError(
+                f"--heatmaps {folder}: cannot create it ({e.strerror or e})",
+                hint="give --heatmaps a folder you can write to",
+            ) from None
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".smokerdet-", suffix=".tmp"):
             pass
@@ -295,7 +317,8 @@ def warn_unfamiliar(scored: int, unfamiliar: int) -> None:
             "%d of %d photos (%.0f%%) look unlike the photos this model was trained on "
             "(familiar: false); its answers on them are much less reliable than its measured "
             "accuracy. Adapt it to your photos: `smokerdet train --init default --data "
-            "YOUR_PHOTOS` (a folder of labelled photos)",
+            "YOUR_PHOTOS` (YOUR_PHOTOS holding smoking/ and not_smoking/ subfolders, or "
+            "smoking_*.jpg and notsmoking_*.jpg files; 16 or more photos)",
             unfamiliar,
             scored,
             100 * unfamiliar / scored,

@@ -461,9 +461,16 @@ def _error_handlers(app: Any) -> None:
         return json_error(422, f"invalid {where or 'request'}: {first.get('msg', 'bad value')}")
 
 
+#: The pages' icon: a red dot (the review page inlines the same one as a data URL).
+FAVICON = (
+    b"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>"
+    b"<circle cx='8' cy='8' r='7' fill='#b3261e'/></svg>"
+)
+
+
 def _pages(app: Any) -> None:
     """The review page and the API reference: package files, no third-party origin allowed."""
-    from fastapi.responses import HTMLResponse
+    from fastapi.responses import HTMLResponse, Response
 
     page_headers = {
         "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
@@ -480,6 +487,11 @@ def _pages(app: Any) -> None:
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(_static("docs.html"), headers=page_headers)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        # Browsers ask for it on any page without a <link rel="icon">: an answer, not a 404.
+        return Response(FAVICON, media_type="image/svg+xml")
 
 
 def _static(name: str) -> str:

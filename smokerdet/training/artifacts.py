@@ -1,5 +1,6 @@
 """What a run writes into its model folder besides the weights: the ONNX twin (with each save),
-and once the run is done the familiarity stats and ``curves.png``.
+and once the run is done the familiarity stats, the list of its training photos and
+``curves.png``.
 
 The familiarity stats go in before a run counts as finished (before its resume state is
 removed): a run killed while it writes them is resumed, and the resume writes them. The ONNX
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from smokerdet.errors import SmokerdetError
 
 if TYPE_CHECKING:
     from smokerdet.data import DatasetSplits
@@ -68,6 +71,25 @@ def fit_familiarity_on_features(folder: Path, features: np.ndarray, weights_sha2
     familiarity.save(stats, folder)
 
 
+def record_training_photos(
+    folder: Path, photos: dict[str, list[Path]], init: Path | None = None
+) -> None:
+    """``training_photos.json`` in the model folder (:mod:`smokerdet.models.training_photos`):
+    the photos of each role, plus the ``--init`` model's own as ``init``, so that ``eval``
+    recognises them. Written on the finished folder, so a resumed run writes it too."""
+    from smokerdet.models import read_meta
+    from smokerdet.models import training_photos as tp
+
+    inherited = None
+    if init is not None:
+        try:
+            inherited = tp.load(init, read_meta(init).data_fingerprint.get("sha256"))
+        except (OSError, ValueError, SmokerdetError):  # the init model is gone or broken
+            inherited = None
+    sha = read_meta(folder).data_fingerprint.get("sha256", "")
+    tp.save(folder, tp.TrainingPhotos.record(sha, photos, inherited))
+
+
 def plot_curves(folder: Path, history: list[EpochStats]) -> None:
     """``curves.png`` in the model folder: loss, validation F1 and learning rate per epoch."""
     from smokerdet.plots import TRAINING_FILE, plot_training
@@ -78,8 +100,16 @@ def plot_curves(folder: Path, history: list[EpochStats]) -> None:
 
 def finish(folder: Path, splits: DatasetSplits, history: list[EpochStats]) -> None:
     """What a fine-tuned model gets once its last epoch is saved and its ``model.json`` is
-    final: the familiarity stats of its training photos, the ONNX twin of the finished folder,
-    and its training curves."""
+    final: the familiarity stats of its training photos, the list of those photos, the ONNX
+    twin of the finished folder, and its training curves."""
+    from smokerdet.models import read_meta
+
     fit_familiarity(folder, splits)
+    init = read_meta(folder).provenance.get("init_path")
+    record_training_photos(
+        folder,
+        {"fit": [s.path for s in splits.train], "val": [s.path for s in splits.val]},
+        Path(init) if init else None,
+    )
     export_onnx(folder)
     plot_curves(folder, history)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import EXAMPLES, TINY_TRAIN_ARGS
 
+from smokerdet import paths
 from smokerdet.cli import app
 
 PHOTO = str(EXAMPLES / "smoking_0001.jpg")
@@ -37,6 +40,10 @@ def test_list_marks_the_shipped_model_as_default(runner, model_copy):
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in r.stdout.splitlines()]
     rows = [row for row in rows if row]
     assert rows[0][:3] == ["*", "default (shipped)", "tf_efficientnet_lite0"]
+    assert rows[0][4] == "0.9229 (cv)" and rows[1][4].endswith(" (val)")  # 4 digits, then kind
+    assert models["default"]["f1_kind"] == "cross-validated"
+    assert models["default"]["f1"] == pytest.approx(0.9229, abs=1e-4)
+    assert models["tiny"]["f1_kind"] == "validation"
     assert rows[1][:3] == ["", "tiny", "resnet10t"] and rows[1][7] == str(model_copy)
     assert "* answers when no --model is given" in r.stdout
 
@@ -121,7 +128,11 @@ def test_a_chosen_default_deleted_by_hand_says_how_to_go_back(runner, model_copy
 
 def test_remove_the_default_goes_back_to_the_shipped_model(runner, model_copy):
     assert runner.invoke(app, ["models", "default", "tiny"]).exit_code == 0
-    r = runner.invoke(app, ["models", "remove", "tiny"])
+    r = runner.invoke(app, ["models", "remove", "tiny"])  # not a terminal: no question asked
+    assert r.exit_code == 2 and "Error: model 'tiny' answers when no --model is given" in r.stderr
+    assert "Hint: pass --yes to remove it anyway" in r.stderr
+    assert model_copy.is_dir() and _answering(runner) == "tiny"
+    r = runner.invoke(app, ["models", "remove", "tiny", "--yes"])
     assert r.exit_code == 0, r.output
     assert f"Removed model tiny ({model_copy})" in r.stderr
     assert "Note: tiny was the default model; the shipped model answers now" in r.stderr
@@ -149,6 +160,7 @@ def test_models_alone_shows_its_help(runner):
 def test_training_never_changes_the_default_and_says_how_to_use_the_model(runner, flat_data):
     r = runner.invoke(app, [*TINY_TRAIN_ARGS, "--data", str(flat_data), "--name", "fresh"])
     assert r.exit_code == 0, r.output
+    assert os.listdir(paths.models_dir()) == ["fresh"]  # no lock or pid file left beside it
     assert "\n\n" not in r.stderr  # no blank line before each epoch row off a terminal
     assert re.search(r"^Data .*: train \d+\+\d+, val \d+\+\d+, test \d+\+\d+$", r.stderr, re.M)
     assert r.stderr.rstrip().splitlines()[-1] == (

@@ -214,8 +214,12 @@ def test_predict_writes_heatmaps_named_in_the_rows(tmp_path: Path):
 
 
 def test_heatmaps_into_a_missing_or_read_only_folder_fail_first(tmp_path: Path):
-    with pytest.raises(ConfigError, match="--heatmaps .*missing: no such folder"):
-        smokerdet.predict([EXAMPLES], heatmaps=tmp_path / "missing")
+    with pytest.raises(ConfigError, match="--heatmaps .*heat: the folder .*missing does not exist"):
+        smokerdet.predict([EXAMPLES], heatmaps=tmp_path / "missing" / "heat")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="--heatmaps .*a-file is a file, not a folder"):
+        smokerdet.predict([EXAMPLES], heatmaps=tmp_path / "a-file")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)

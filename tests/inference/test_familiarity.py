@@ -195,6 +195,7 @@ def test_noise_photos_are_unfamiliar_with_one_warning(runner, tmp_path: Path):
     assert r.stderr.count("look unlike the photos this model was trained on") == 1
     assert "6 of 6 photos (100%)" in r.stderr
     assert "smokerdet train --init default --data YOUR_PHOTOS" in r.stderr
+    assert "(YOUR_PHOTOS holding smoking/ and not_smoking/ subfolders, or smoking_*.jpg" in r.stderr
     rows = [p.to_dict() for p in smokerdet.predict([tmp_path], model="default")]
     assert [row["familiar"] for row in rows] == [False] * 6
     assert all(row["familiarity"] < 1.0 for row in rows)

@@ -63,6 +63,26 @@ def test_the_shipped_onnx_file_carries_the_folders_familiarity_and_rehearsal_byt
     assert carried < 2.5e6  # base64 of the 334 kB stats and the 1.3 MB of fp16 rows
 
 
+def test_eval_knows_the_examples_are_photos_the_shipped_model_trained_on():
+    from smokerdet.inference import open_engine
+    from smokerdet.models import training_photos as tp
+    from smokerdet.models.checkpoint import read_meta
+    from smokerdet.scoring.evaluate import evaluate
+
+    meta = read_meta(default_model_dir())
+    listed = tp.load(default_model_dir(), meta.data_fingerprint["sha256"])
+    assert listed is not None and len(listed.roles) == meta.data_fingerprint["n_files"] == 896
+    engine_props = open_engine("default", backend="onnx").metadata
+    assert tp.from_props(engine_props) == listed  # the ONNX file alone knows them too
+    report = evaluate(data=EXAMPLES, split="all")
+    assert report.in_sample is not None
+    assert (report.in_sample["photos"], report.in_sample["of"]) == (12, 12)
+    assert report.notes == [
+        "all 12 photos were in the model's training data (in-sample): these figures are not "
+        "an estimate of its accuracy on new photos"
+    ]
+
+
 def test_a_site_adapts_the_shipped_model_head_only(runner, smokerdet_home):
     """The path a real site takes: `train --init default` on its 12 photos (examples/)."""
     r = runner.invoke(app, ["train", "--init", "default", "--data", str(EXAMPLES), "--json",
@@ -71,6 +91,12 @@ def test_a_site_adapts_the_shipped_model_head_only(runner, smokerdet_home):
     out = json.loads(r.stdout)
     assert out["recipe"] == "head" and out["adaptation"]["photos"] == 12
     assert out["adaptation"]["rehearsal_rows"] >= 400
+    # It knows the site's photos and, through the shipped model, its 896 training photos.
+    r = runner.invoke(app, ["eval", "--model", "site", "--data", str(EXAMPLES), "--split", "all",
+                            "--json"])  # fmt: skip
+    assert r.exit_code == 0 and json.loads(r.stdout)["in_sample"]["photos"] == 12
+    listed = json.loads((smokerdet_home / "models" / "site" / "training_photos.json").read_text())
+    assert len(listed["photos"]["fit"]) == 12 and len(listed["photos"]["init"]) == 896 - 12
     preds = list(smokerdet.predict([EXAMPLES], model="site"))
     assert sum(p.label == ("smoking" if Path(p.path).name.startswith("smoking_") else
                            "not_smoking") for p in preds) >= 11  # fmt: skip

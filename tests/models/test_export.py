@@ -16,7 +16,7 @@ import smokerdet
 from smokerdet.cli import app
 from smokerdet.inference.backend import open_engine
 from smokerdet.inference.familiarity import FAMILIARITY_FILE, Familiarity
-from smokerdet.models import sidecars
+from smokerdet.models import sidecars, training_photos
 from smokerdet.models.checkpoint import read_meta
 from smokerdet.models.export import ExportError, export_onnx
 from smokerdet.models.onnx_format import read_props, with_props
@@ -57,7 +57,11 @@ def test_export_writes_metadata_and_agrees_with_torch(model_copy: Path):
     props = props_of(result.path)
     for name, field in sidecars.FIELDS.items():  # the folder's own files, byte for byte
         assert sidecars.decode(props[field]) == (model_copy / name).read_bytes()
-    assert result.carried_bytes == sum(len(f) + len(props[f]) for f in sidecars.FIELDS.values())
+    # ... and the list of its training photos, as the folder's JSON text
+    photos = props[training_photos.FIELD]
+    assert photos == (model_copy / training_photos.TRAINING_PHOTOS_FILE).read_text()
+    fields = [*sidecars.FIELDS.values(), training_photos.FIELD]
+    assert result.carried_bytes == sum(len(f) + len(props[f]) for f in fields)
     meta = read_meta(model_copy)
     assert props["format"] == "smokerdet-onnx/1"
     assert props["arch"] == "resnet10t"

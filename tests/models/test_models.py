@@ -110,7 +110,10 @@ def test_remove_unknown_model(model_copy):
 
 def test_remove_a_model_that_is_the_default(model_copy):
     set_default("tiny")
-    removed = remove_model("tiny")
+    with pytest.raises(ConfigError, match="'tiny' answers when no --model is given") as e:
+        remove_model("tiny")
+    assert e.value.exit_code == 2 and "--yes" in e.value.hint and model_copy.is_dir()
+    removed = remove_model("tiny", default_too=True)
     assert removed.name == "tiny" and removed.is_default
     assert not model_copy.exists()
     assert os.listdir(model_copy.parent) == []  # no hidden leftover

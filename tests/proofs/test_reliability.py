@@ -147,7 +147,7 @@ def test_sigint_exits_130_with_a_resume_hint(flat_data, smokerdet_home):
     assert proc.returncode == 130, err
     assert "Error: training of sig interrupted" in err
     assert "Hint: resume with: smokerdet train --resume sig" in err
-    with FileLock(smokerdet_home / "models" / ".sig.lock", timeout=0):
+    with FileLock(smokerdet_home / "locks" / "sig.lock", timeout=0):
         pass  # the dying run released its lock
 
 
@@ -466,7 +466,8 @@ def test_a_second_run_on_the_same_name_is_refused_and_a_stale_lock_is_not(
         assert "Hint: wait for it to finish, or choose another --name" in r.stderr
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (models / ".stale.lock").write_text(str(dead.pid))
+    (smokerdet_home / "locks").mkdir(exist_ok=True)
+    (smokerdet_home / "locks" / "stale.lock").write_text(str(dead.pid))
     cfg = tiny(flat_data, "stale", epochs=1)
     assert train(cfg).name == "stale"
 
@@ -504,7 +505,8 @@ def test_models_remove_refuses_while_another_process_trains_it(runner, model_cop
         assert (model_copy / META_FILE).is_file()
     finally:
         holder.communicate("")  # the run ends: its lock goes with it
-    assert not (model_copy.parent / ".tiny.pid").exists()
+    assert not (model_copy.parents[1] / "locks" / "tiny.pid").exists()
+    assert os.listdir(model_copy.parent) == ["tiny"]  # the lock lives elsewhere
     r = runner.invoke(app, ["models", "remove", "tiny"])
     assert r.exit_code == 0, r.output
     assert not model_copy.exists()
@@ -512,9 +514,9 @@ def test_models_remove_refuses_while_another_process_trains_it(runner, model_cop
 
 def test_a_killed_runs_leftover_process_id_does_not_block_models_remove(runner, model_copy):
     holder = _hold(model_copy)
-    holder.kill()  # SIGKILL: its .tiny.pid stays behind, its lock does not
+    holder.kill()  # SIGKILL: its tiny.pid stays behind, its lock does not
     holder.communicate()
-    assert (model_copy.parent / ".tiny.pid").read_text() == f"{holder.pid}\n"
+    assert (model_copy.parents[1] / "locks" / "tiny.pid").read_text() == f"{holder.pid}\n"
     r = runner.invoke(app, ["models", "remove", "tiny"])
     assert r.exit_code == 0, r.output
     assert not model_copy.exists()

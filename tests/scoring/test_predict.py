@@ -14,6 +14,7 @@ from PIL import Image
 import smokerdet
 from smokerdet.cli import app
 from smokerdet.inference.rows import FIELDS, columns
+from smokerdet.paths import default_model_dir
 from smokerdet.scoring.evaluate import evaluate
 from smokerdet.scoring.predict import expand_inputs
 
@@ -77,6 +78,21 @@ def test_paths_from_stdin(runner, model_copy, photos):
     ]
 
 
+def test_nul_separated_paths_from_stdin_keep_odd_names_whole(runner, model_copy, tmp_path):
+    odd = [tmp_path / "a b.jpg", tmp_path / "new\nline.jpg"]
+    for i, path in enumerate(odd):
+        synthetic_image(i % 2, i).save(path, format="JPEG")
+    listing = "\0".join(map(str, odd)) + "\0"  # as `find -print0` writes it
+    found = expand_inputs(["-"], stdin=io.StringIO(listing))
+    assert found.items == [(str(p), None) for p in odd] and not found.warnings
+    r = runner.invoke(
+        app, ["predict", "-", "--json", "-m", "tiny", "--workers", "0"], input=listing
+    )
+    assert r.exit_code == 0, r.output
+    rows = jsonl(r.stdout)
+    assert [x["path"] for x in rows] == list(map(str, odd)) and not any(x["error"] for x in rows)
+
+
 def test_missing_path_and_corrupt_file_in_a_batch_exit_3(runner, model_copy, photos):
     (photos / "smoking_9.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     r = runner.invoke(app, ["predict", str(photos), str(photos / "gone.jpg"), "--json", "-b", "2"])
@@ -101,14 +117,19 @@ def test_no_usable_input_exits_1(runner, model_copy, tmp_path):
     bad.write_bytes(b"nope")
     r = runner.invoke(app, ["predict", str(bad)])
     assert r.exit_code == 1
-    assert "0 not smoking, 1 failed" in r.stderr
+    assert "0 not smoking at threshold 0.390, 1 failed" in r.stderr
 
 
 def test_table_output_and_summary(runner, model_copy, photos):
+    from smokerdet.models import read_meta
+
     r = runner.invoke(app, ["predict", str(photos)])
     assert r.exit_code == 0, r.output
     assert "p(smoking)" in r.stdout and "smoking_0.jpg" in r.stdout
     assert "6 images," in r.stderr and "0 failed" in r.stderr and "images/s" in r.stderr
+    thr = f"{read_meta(default_model_dir()).threshold:.3f}"  # the shipped model answers
+    assert r.stdout.splitlines()[0].endswith(f"label (smoking from p >= {thr})")
+    assert f" not smoking at threshold {thr}, 0 failed" in r.stderr
     r = runner.invoke(app, ["predict", str(photos / "smoking_0.jpg")])
     assert r.exit_code == 0 and "1 image, " in r.stderr
 
@@ -188,11 +209,27 @@ def test_table_off_a_terminal_is_one_line_per_image_with_full_paths(runner, mode
     r = runner.invoke(app, ["predict", str(deep), "-m", "tiny"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["path", "p(smoking)", "label"]
+    assert lines[0].split()[:3] == ["path", "p(smoking)", "label"]
     assert [line.split()[0] for line in lines[1:]] == [
         str(deep / f"photo_{i}.jpg") for i in range(3)
     ]
     assert r.stderr.splitlines()[-1].startswith("model tiny: 3 images, ")
+
+
+def test_heatmaps_folder_is_created_and_the_table_names_each_file(runner, model_copy, photos):
+    heat = photos.parent / "heat"
+    args = ["predict", str(photos), "-m", "tiny", "--workers", "0", "--heatmaps", str(heat)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[-1] == "heatmap" and len(lines) == 7
+    for line in lines[1:]:
+        png = Path(line.split()[-1])
+        assert png.parent == heat and png.is_file() and Path(line.split()[0]).is_file()
+    r = runner.invoke(app, [*args[:-1], str(photos.parent / "no" / "heat")])
+    assert r.exit_code == 2, r.output
+    assert f"Error: --heatmaps {photos.parent / 'no' / 'heat'}: the folder " in r.stderr
+    assert "Hint: create it first, or give --heatmaps a folder inside an existing one" in r.stderr
 
 
 def test_threshold_override_changes_labels_not_probabilities(runner, model_copy, photos):

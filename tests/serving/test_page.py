@@ -212,6 +212,32 @@ def test_page_asks_for_the_token_once(browser, tmp_path, trained_model):
         assert server.stop() == 0, server.stderr()
 
 
+def test_an_unreadable_file_gets_a_plain_card_and_the_page_no_404(browser, tmp_path, trained_model):
+    server = Server(tmp_path, "--model", str(trained_model))
+    try:
+        page = browser.new_page()
+        missing = []
+        page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+        page.goto(server.url + "/")
+        page.evaluate("window.smokerdetReady")
+        wait_text(page, "model", "Model tiny")
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"not an image")
+        drop_photos(page, [broken, EXAMPLES / "smoking_0001.jpg"])
+        wait_text(page, "summary", "1 of 2 labelled", timeout=60_000)
+        card = page.locator("[data-testid=card]", has_text="broken.jpg")
+        wait_text(page, "label", "error: ")
+        card.locator("[data-testid=nopreview]").wait_for(state="visible")
+        assert card.locator("img.photo").is_hidden()  # no broken-image icon
+        assert card.locator("[data-testid=heat-toggle]").is_hidden()  # nothing to draw
+        good = page.locator("[data-testid=card]", has_text="smoking_0001.jpg")
+        assert good.locator("[data-testid=heat-toggle]").is_visible()
+        assert good.locator("img.photo").is_visible()
+        assert missing == []  # no favicon 404 in the console
+    finally:
+        assert server.stop() == 0, server.stderr()
+
+
 def main(target: Path) -> None:
     """Refresh a screenshot (the README's) with the same session the test runs."""
     import tempfile

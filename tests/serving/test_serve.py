@@ -175,6 +175,10 @@ def test_health_page_docs_and_no_review_without_collect(default_server, tmp_path
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert not re.search(r"(src|href)=\"(https?:)?//", page.text)  # nothing from the internet
         assert c.get("/docs").status_code == 200
+        assert 'rel="icon" href="data:image/svg+xml,' in page.text  # no request for it
+        icon = c.get("/favicon.ico")  # what a browser asks for on a page without one
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+        assert icon.content.startswith(b"<svg ")
         assert "/v1/predict" in c.get("/openapi.json").json()["paths"]
         assert c.get("/v1/review").json()["enabled"] is False
         photo = (EXAMPLES / "smoking_0001.jpg").read_bytes()

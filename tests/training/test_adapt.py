@@ -50,7 +50,7 @@ def test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold(
     out = json.loads(r.stdout)
     assert out["recipe"] == "head" and out["epochs_run"] == 0 and out["history"] == []
     assert out["adaptation"]["photos"] == 16 and out["adaptation"]["rehearsal_rows"] > 0
-    assert "Adapting tiny head-only" in r.stderr
+    assert "Adapting tiny head-only" in r.stderr and "Warning: only" not in r.stderr  # 16 photos
 
     folder = smokerdet_home / "models" / "site"
     old, new = (
@@ -76,6 +76,9 @@ def test_head_recipe_refits_only_the_head_and_cross_validates_the_threshold(
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 16 and all("familiar" in row for row in rows)
+    r = runner.invoke(app, ["eval", "--model", "site", "--data", str(site), "--split", "all"])
+    assert r.exit_code == 0, r.output  # the site photos refit its head: all in-sample
+    assert "Warning: all 16 photos were in the model's training data (in-sample)" in r.stderr
     assert "no familiarity" not in r.stderr and "belongs to other weights" not in r.stderr
 
 
@@ -169,6 +172,21 @@ def test_a_site_of_two_photos_is_a_clear_error(runner, model_copy, tmp_path):
     assert r.exit_code == 1, r.output
     assert "Error: too few photos to adapt a model: each class needs at least 2" in r.stderr
     assert "found 1 smoking, 1 not_smoking" in r.stderr and "Traceback" not in r.output
+
+
+def test_a_small_site_is_adapted_with_a_warning(runner, model_copy, tmp_path):
+    site = _site(tmp_path, n=3)
+    r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site), "--name", "small"])
+    assert r.exit_code == 0, r.output
+    assert "Warning: only 6 site photos; head adaptation is meant for 16-300" in r.stderr
+
+
+def test_a_taken_name_is_refused_before_adapting(runner, model_copy, tmp_path):
+    site = _site(tmp_path)
+    r = runner.invoke(app, [*ADAPT, "--init", "tiny", "--data", str(site), "--name", "tiny"])
+    assert r.exit_code == 2, r.output
+    assert f"Error: a model named 'tiny' already exists at {model_copy}" in r.stderr
+    assert "Adapting" not in r.stderr
 
 
 def test_cv_larger_than_the_smallest_class_names_the_flag(runner, model_copy, tmp_path):

@@ -1,6 +1,7 @@
 """End to end: train a tiny model through the CLI, then evaluate it."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,51 @@ def test_model_json_holds_the_numbers_that_chose_the_epoch_and_eval_agrees(runne
     for key in ("tp", "fp", "tn", "fn"):
         assert getattr(report.metrics, key) == meta["val_metrics"][key], key
     assert report.metrics.roc_auc == pytest.approx(meta["val_metrics"]["roc_auc"])
+
+
+def test_eval_recognises_training_photos_by_content(runner, model_copy, tmp_path):
+    from conftest import write_flat
+
+    # Byte-identical to the tiny model's training data, in another folder: matched by content.
+    same = write_flat(tmp_path / "copy", n_per_class=12)
+    args = ["eval", "--model", "tiny", "--data", str(same), "--json"]
+
+    def run(*more: str) -> tuple[dict, str]:
+        r = runner.invoke(app, [*args, *more])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout), r.stderr
+
+    train, err = run("--split", "train")
+    n = train["n"]
+    assert train["in_sample"]["photos"] == n and train["in_sample"]["validation_photos"] == 0
+    note = f"all {n} photos were in the model's training data (in-sample): these figures are not"
+    assert note in train["notes"][-1] and f"Warning: {note}" in err
+    test, err = run("--split", "test")
+    assert test["in_sample"] == {**test["in_sample"], "photos": 0, "validation_photos": 0}
+    assert test["notes"] == [] and "Warning" not in err
+    every, _ = run("--split", "all")
+    fit, val = every["in_sample"]["photos"], every["in_sample"]["validation_photos"]
+    assert fit == n and val > 0 and fit + val < every["n"] == every["in_sample"]["of"] == 24
+    assert f"{fit} of 24 photos were in the model's training data" in every["notes"][0]
+    assert f"{val} of 24 photos are the model's validation photos" in every["notes"][1]
+    # The exported file alone carries the list; the table says it too.
+    alone = tmp_path / "alone.onnx"
+    alone.write_bytes((model_copy / "model.onnx").read_bytes())
+    r = runner.invoke(app, ["eval", "--model", str(alone), "--data", str(same), "--split", "train"])
+    assert r.exit_code == 0, r.output
+    assert re.search(rf"in-sample photos +│ +{n} of {n} │", r.stdout)
+    assert "Warning: all " in r.stderr
+
+
+def test_eval_of_a_model_without_its_photo_list_says_so(runner, model_copy, trained_model):
+    (model_copy / "training_photos.json").unlink()
+    data = trained_model.parents[2] / "data"  # the folder it was trained on
+    args = ["eval", "--model", "tiny", "--backend", "torch", "--data", str(data)]
+    r = runner.invoke(app, [*args, "--split", "train", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["in_sample"] is None
+    assert f"{data} is the folder this model was trained on" in out["notes"][-1]
+    assert "some of these photos may be in-sample" in r.stderr
+    r = runner.invoke(app, [*args, "--split", "test"])
+    assert r.exit_code == 0 and "unknown (no record of its training photos)" in r.stdout

@@ -49,7 +49,11 @@ from smokerdet.data import (
 )
 from smokerdet.metrics import BinaryMetrics, binary_metrics
 from smokerdet.models import REHEARSAL_FILE, Rehearsal, backbone_sha256, load_model, save_model
-from smokerdet.training.artifacts import export_onnx, fit_familiarity_on_features
+from smokerdet.training.artifacts import (
+    export_onnx,
+    fit_familiarity_on_features,
+    record_training_photos,
+)
 from smokerdet.training.config import TrainConfig
 from smokerdet.training.report import TrainReporter, TrainResult
 from smokerdet.training.start import claim, publish, run_name
@@ -205,6 +209,10 @@ def _read_site(engine: Any, samples: list[Sample]) -> _Site:
     return _Site(chosen, x, np.array([s.label for s in chosen]), skipped)
 
 
+#: Fewer site photos than this get a warning: the recipe was measured from 16 photos up
+#: (bench/adapt.py), and a cross-validation over fewer swings widely.
+MIN_SITE_PHOTOS = 16
+
 #: Options that shape a fine-tune, which the head recipe does not run.
 FINE_TUNE_ONLY = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "img_size",
                   "lp_epochs", "label_smoothing", "ema", "patience", "tta")  # fmt: skip
@@ -220,6 +228,24 @@ def ignored_flags(cfg: TrainConfig) -> list[str]:
     ]
 
 
+def _notes(cfg: TrainConfig, photos: int) -> list[str]:
+    """What to say before adapting: a site smaller than the recipe is meant for, and the
+    fine-tuning flags that the head recipe does not use."""
+    notes = []
+    if photos < MIN_SITE_PHOTOS:
+        notes.append(
+            f"Warning: only {photos} site photos; head adaptation is meant for "
+            f"{MIN_SITE_PHOTOS}-300, and its cross-validated figures from so few swing widely"
+        )
+    unused = ignored_flags(cfg)
+    if unused:
+        notes.append(
+            f"Note: {', '.join(unused)} only shape a fine-tune and are not used by the head "
+            "recipe (pass --recipe full to fine-tune the whole model)"
+        )
+    return notes
+
+
 def adapt(cfg: TrainConfig, reporter: TrainReporter, splits: DatasetSplits) -> TrainResult:
     """The head recipe as ``train`` runs it: say what runs, claim the name, refit, save.
 
@@ -230,18 +256,15 @@ def adapt(cfg: TrainConfig, reporter: TrainReporter, splits: DatasetSplits) -> T
     """
     started = time.perf_counter()
     pooled = site_photos(splits)
-    reporter.on_note(
-        f"Adapting {cfg.init} head-only (--recipe {cfg.recipe}) to {len(pooled)} photos "
-        f"in {splits.root}"
-    )
-    unused = ignored_flags(cfg)
-    if unused:
-        reporter.on_note(
-            f"Note: {', '.join(unused)} only shape a fine-tune and are not used by the head "
-            "recipe (pass --recipe full to fine-tune the whole model)"
-        )
     with ExitStack() as stack:
+        # The name first: a taken --name is refused before anything says "Adapting".
         folder = claim(run_name(cfg), stack, overwrite=cfg.overwrite)
+        reporter.on_note(
+            f"Adapting {cfg.init} head-only (--recipe {cfg.recipe}) to {len(pooled)} photos "
+            f"in {splits.root}"
+        )
+        for note in _notes(cfg, len(pooled)):
+            reporter.on_note(note)
         # Built beside its place, then moved in whole: killed at any step, the run leaves no
         # model without its familiarity stats or its ONNX twin.
         building = folder.with_name(f".{folder.name}.building")
@@ -271,7 +294,7 @@ def adapt_head(
     cfg: TrainConfig, folder: Path, splits: DatasetSplits
 ) -> tuple[ModelMeta, BinaryMetrics, dict[str, Any]]:
     """Refit the init model's head on the site photos and save the model in ``folder``, with
-    its familiarity stats, rehearsal rows and ONNX twin.
+    its familiarity stats, rehearsal rows, training photos and ONNX twin.
 
     Returns:
         The saved model's meta, the cross-validated metrics of the site photos at the
@@ -347,6 +370,8 @@ def adapt_head(
     # so their features are this model's too.
     described = site.x if rows is None else np.concatenate([rows.features, site.x])
     fit_familiarity_on_features(folder, described, meta.weights_sha256)
+    # The site photos refit the head; the init model's photos shaped everything else.
+    record_training_photos(folder, {"fit": [smp.path for smp in site.samples]}, init.path)
     export_onnx(folder)
     oof_rows = [{"path": str(smp.path), "label": int(label), "probability": float(prob)}
                 for smp, label, prob in zip(site.samples, site.y, oof, strict=True)]  # fmt: skip

@@ -64,6 +64,11 @@ EXPORT_TESTS = "tests/models/test_export.py"
 VIDEO = "smokerdet/scoring/video.py"  # video._Reader
 VIDEO_TESTS = "tests/scoring/test_video.py"
 URLS = "smokerdet/scoring/urls.py"  # urls.redact, urls._read_capped
+ROWS = "smokerdet/inference/rows.py"  # Prediction.csv_cells, spreadsheet_safe
+PAGE = "smokerdet/static/index.html"  # csvCell
+SHARDS = "smokerdet/scoring/shards.py"  # ResultsWriter.append
+PROOFS_SERVE = "tests/proofs/test_proofs_serve.py"
+PROOFS_ADAPT = "tests/proofs/test_proofs_adapt.py"
 
 KILLS = "tests/proofs/test_reliability.py::test_kills_inside_every_write_leave_old_or_new_and_resume_ends_like_no_kill"
 FSYNC = "tests/proofs/test_reliability.py::test_every_file_of_a_save_is_fsynced_under_a_temp_name_then_renamed"
@@ -81,6 +86,8 @@ class Mutation:
         new: what replaces it.
         tests: pytest files or node ids, relative to the project root.
         proves: the guarantee (in docs/reliability.md) the tests hold the code to.
+        browser: its tests drive Chromium, which reserves far more address space than
+            :data:`MEMORY_LIMIT` at launch: they run without that cap.
     """
 
     id: str
@@ -89,6 +96,7 @@ class Mutation:
     new: str
     tests: tuple[str, ...]
     proves: str
+    browser: bool = False
 
 
 MUTATIONS: list[Mutation] = [
@@ -619,6 +627,134 @@ MUTATIONS: list[Mutation] = [
         ),
         proves="`find -print0 | smokerdet predict -` reads each NUL-separated path",
     ),
+    # --- issue #23: the newer surfaces (serve, adaptation, rehearsal, results files) --------
+    Mutation(
+        id="token-prefix-accepted",
+        file="smokerdet/telemetry.py",
+        old="hmac.compare_digest(value.encode(), token.encode())",
+        new="token.encode().startswith(value.encode())",
+        tests=(f"{PROOFS_SERVE}::test_only_the_whole_token_opens_the_api",),
+        proves="only the whole token opens the API: an empty or partial bearer gets 401",
+    ),
+    Mutation(
+        id="token-scheme-ignored",
+        file="smokerdet/telemetry.py",
+        old='scheme.lower() == "bearer" and ',
+        new="",
+        tests=(f"{PROOFS_SERVE}::test_only_the_whole_token_opens_the_api",),
+        proves="the token counts only as a Bearer credential",
+    ),
+    Mutation(
+        id="threshold-zero-ignored",
+        file=SERVE,
+        old="cut = engine.meta.threshold if threshold is None else threshold",
+        new="cut = threshold or engine.meta.threshold",
+        tests=(f"{PROOFS_SERVE}::test_threshold_zero_and_one_are_used_as_sent",),
+        proves="?threshold=0 and ?threshold=1 are used as sent",
+    ),
+    Mutation(
+        id="model-info-leaks-local-paths",
+        file=SERVE,
+        old='_META_HIDDEN = ("train_args", "data_fingerprint", "provenance")',
+        new='_META_HIDDEN = ("train_args",)',
+        tests=(f"{PROOFS_SERVE}::test_model_endpoint_carries_no_local_path",),
+        proves="GET /v1/model carries no local path",
+    ),
+    Mutation(
+        id="serve-ignores-chosen-default",
+        file=SERVE,
+        old="engine = open_engine(config.model, device=config.device)\n    app = create_app",
+        new='engine = open_engine(config.model or "default", device=config.device)\n'
+        "    app = create_app",
+        tests=(f"{PROOFS_SERVE}::test_serve_without_model_answers_with_the_chosen_default",),
+        proves="serve without --model answers with the model chosen by `models default`",
+    ),
+    Mutation(
+        id="predict-csv-formula-cells",
+        file=ROWS,
+        old="return [spreadsheet_safe(getattr(self, k)) for k in columns(heatmaps, events)]",
+        new="return [getattr(self, k) for k in columns(heatmaps, events)]",
+        tests=(f"{PROOFS_SERVE}::test_predict_csv_cells_cannot_start_a_formula",),
+        proves="predict --csv: a cell that could start a formula begins with '",
+    ),
+    Mutation(
+        id="page-csv-quoting-only",
+        file=PAGE,
+        old="""if (typeof v === "string" && /^[=+\\-@\\t\\r]/.test(s)) s = "'" + s;""",
+        new="""if (/^[=+\\-@]/.test(s)) return '"' + s.replace(/"/g, '""') + '"';""",
+        tests=(f"{PROOFS_SERVE}::test_page_csv_download_cells_cannot_start_a_formula",),
+        proves="the page's CSV download: a cell that could start a formula begins with '",
+        browser=True,
+    ),
+    Mutation(
+        id="oof-scored-in-sample",
+        file=ADAPT,
+        old="head = fit_head(x[~held], y[~held], start, rehearsal, **kwargs)",
+        new="head = fit_head(x, y, start, rehearsal, **kwargs)",
+        tests=(
+            f"{PROOFS_ADAPT}::test_a_photo_s_out_of_fold_score_ignores_its_own_label",
+            f"{PROOFS_ADAPT}::test_out_of_fold_accuracy_on_labels_without_signal_is_near_chance",
+        ),
+        proves="a site photo's expected-accuracy score comes from a head that never saw it",
+    ),
+    Mutation(
+        id="site-test-folder-fitted",
+        file=ADAPT,
+        old="*(splits.test if carved else [])]",
+        new="*splits.test]",
+        tests=(f"{PROOFS_ADAPT}::test_a_site_s_test_folder_is_never_fitted_and_cv_is_obeyed",),
+        proves="a site's own test/ folder is never fitted (eval --split test stays clean)",
+    ),
+    Mutation(
+        id="head-class-weights-dropped",
+        file=ADAPT,
+        old="loss = bce(xs @ w + b, ys, weight=balance)",
+        new="loss = bce(xs @ w + b, ys)",
+        tests=(f"{PROOFS_ADAPT}::test_the_head_fit_weighs_both_classes_equally",),
+        proves="the head fit weighs both classes equally (an unbalanced site keeps its recall)",
+    ),
+    Mutation(
+        id="head-cv-ignored",
+        file=ADAPT,
+        old="k = requested or min(MAX_FOLDS, *class_counts(samples).values())",
+        new="k = min(MAX_FOLDS, *class_counts(samples).values())",
+        tests=(f"{PROOFS_ADAPT}::test_a_site_s_test_folder_is_never_fitted_and_cv_is_obeyed",),
+        proves="--cv K sets the head recipe's folds",
+    ),
+    Mutation(
+        id="rehearsal-labels-shifted",
+        file=FAMILIARITY,
+        old="labels = np.asarray(train_labels)[kept]",
+        new="labels = np.asarray(train_labels)[: len(kept)]",
+        tests=(f"{PROOFS_ADAPT}::test_an_unreadable_training_photo_shifts_no_rehearsal_label",),
+        proves="each rehearsal row keeps its own photo's label when a photo is unreadable",
+    ),
+    Mutation(
+        id="rehearsal-not-carried",
+        file=ADAPT,
+        old="    if rows is not None:\n        atomic_write_bytes(folder / REHEARSAL_FILE",
+        new="    if False:\n        atomic_write_bytes(folder / REHEARSAL_FILE",
+        tests=(f"{PROOFS_ADAPT}::test_re_adapting_an_adapted_model_keeps_its_rehearsal_rows",),
+        proves="an adapted model keeps its rehearsal rows for the next adaptation",
+    ),
+    Mutation(
+        id="adapted-backbone-not-recorded",
+        file=ADAPT,
+        old='"backbone_weights_sha256": backbone_sha256(init.meta),',
+        new='"backbone_weights_sha256": init.meta.weights_sha256,',
+        tests=(f"{PROOFS_ADAPT}::test_re_adapting_an_adapted_model_keeps_its_rehearsal_rows",),
+        proves="a model adapted twice still records the backbone its rehearsal rows belong to",
+    ),
+    Mutation(
+        id="results-append-not-fsynced",
+        file=SHARDS,
+        old="        os.fsync(self._fd)\n\n    def close",
+        new="\n    def close",
+        tests=(
+            "tests/proofs/test_proofs_shards.py::test_every_results_append_is_fsynced_before_the_next",
+        ),
+        proves="every results append is on disk before the next one starts",
+    ),
 ]
 
 
@@ -647,7 +783,9 @@ def _cap_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def run_pytest(copy: Path, tests: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_pytest(
+    copy: Path, tests: list[str], timeout: float, capped: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     try:
@@ -658,7 +796,7 @@ def run_pytest(copy: Path, tests: list[str], timeout: float) -> subprocess.Compl
             capture_output=True,
             text=True,
             timeout=timeout,
-            preexec_fn=_cap_memory,
+            preexec_fn=_cap_memory if capped else None,
         )
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -709,7 +847,7 @@ def run_one(m: Mutation, timeout: float) -> Outcome:
         why = apply(m, copy)
         if why:
             return Outcome(m.id, "stale", 0.0, why)
-        done = run_pytest(copy, list(m.tests), timeout)
+        done = run_pytest(copy, list(m.tests), timeout, capped=not m.browser)
     seconds = time.perf_counter() - t0
     detail = first_failure(done.stdout + done.stderr)
     if done.returncode == 0:
@@ -721,18 +859,23 @@ def run_one(m: Mutation, timeout: float) -> Outcome:
 
 
 def baseline(selected: list[Mutation], timeout: float) -> None:
-    tests = sorted({t for m in selected for t in m.tests})
+    n = 0
     with tempfile.TemporaryDirectory(prefix="mutate-baseline-") as tmp:
         copy = Path(tmp)
         copy_project(copy)
         check_import_path(copy)
-        done = run_pytest(copy, tests, timeout * 2)
-    if done.returncode != 0:
-        sys.exit(
-            "mutate: the tests fail without any mutation, so they prove nothing:\n"
-            + first_failure(done.stdout + done.stderr)
-        )
-    print(f"baseline: {len(tests)} test targets pass unmutated", file=sys.stderr)
+        for browser in (False, True):
+            tests = sorted({t for m in selected if m.browser == browser for t in m.tests})
+            if not tests:
+                continue
+            n += len(tests)
+            done = run_pytest(copy, tests, timeout * 2, capped=not browser)
+            if done.returncode != 0:
+                sys.exit(
+                    "mutate: the tests fail without any mutation, so they prove nothing:\n"
+                    + first_failure(done.stdout + done.stderr)
+                )
+    print(f"baseline: {n} test targets pass unmutated", file=sys.stderr)
 
 
 def main() -> None:

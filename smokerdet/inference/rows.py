@@ -44,6 +44,18 @@ HEATMAP = "heatmap"
 #: The fields added by ``predict --events``: an event's span, its peak and its snapshot.
 EVENT_FIELDS = ("start", "end", "peak_probability", "snapshot")
 
+#: First characters that make a spreadsheet evaluate a cell as a formula, quoted or not.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: a string that could start a formula gets a
+    leading ``'`` (the OWASP rule for CSV injection), since quoting alone does not stop
+    ``"=HYPERLINK(...)"`` from being evaluated; numbers and ``None`` pass unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -144,8 +156,9 @@ class Prediction:
         return json.dumps(self.to_dict(), ensure_ascii=True) + "\n"
 
     def csv_cells(self, heatmaps: bool = False, events: bool = False) -> list[Any]:
-        """The row's CSV cells, in the order of :func:`columns` (``heatmaps``, ``events``)."""
-        return [getattr(self, k) for k in columns(heatmaps, events)]
+        """The row's CSV cells, in the order of :func:`columns` (``heatmaps``, ``events``), each
+        one :func:`spreadsheet_safe` (a file may be named ``=HYPERLINK(...).jpg``)."""
+        return [spreadsheet_safe(getattr(self, k)) for k in columns(heatmaps, events)]
 
 
 def columns(heatmaps: bool = False, events: bool = False) -> tuple[str, ...]:

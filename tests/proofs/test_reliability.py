@@ -159,8 +159,15 @@ class RunServer:
     """This file run as a script: it forks one child per run, which trains and may be killed."""
 
     def __init__(self) -> None:
+        # The script imports the shared test helpers (conftest), which live one folder up.
+        helpers = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (helpers, os.environ.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": path},
         )
 
     def run(self, home: Path, *, fault: str = "", trace: Path | None = None, **job: Any) -> int:

@@ -9,10 +9,9 @@ and ``serve``, and the familiarity stats are fitted on the features scoring sees
 :func:`score_paths` spreads files over worker processes on a CPU: each decodes and scores its
 own chunks with a single-threaded engine, onnxruntime or torch (forked with the model in
 memory). A small convolutional network scales poorly across threads within one forward pass but
-well across processes (bench/engine.py: two one-thread ONNX sessions score twice as many
-photos per second as one two-thread session on two cores; bench/predict.py: two one-thread
-torch processes ~1.5x one process with two threads). On a GPU, threads decode ahead and the
-model runs in this process.
+well across processes (``bench/engine.py`` and ``bench/predict.py`` measure both layouts;
+docs/benchmarks.md has the figures). On a GPU, threads decode ahead and the model runs in this
+process.
 """
 
 from __future__ import annotations
@@ -43,9 +42,8 @@ if TYPE_CHECKING:
 #: fastest there (bench/predict.py); pass a larger --batch-size on a GPU.
 DEFAULT_BATCH_SIZE = 4
 
-#: Images per onnxruntime run. bench/engine.py: batch 1 (2 with flip TTA) is as fast as any
-#: on a CPU, and onnxruntime's arena grows with the batch (peak RSS on 300 photos: 180 MB at
-#: batch 1, 400 MB at 4, 680 MB at 8).
+#: Images per onnxruntime run: batch 1 (2 with flip TTA) is as fast as any on a CPU, and
+#: onnxruntime's arena grows with the batch (``bench/engine.py``; docs/benchmarks.md).
 ONNX_BATCH_SIZE = 1
 
 #: At most this many worker processes (or decoding threads) by default.

@@ -7,7 +7,7 @@ grid, what the linear head sees), fitted once when the model is made.
 
 The features are first compressed by a signed ``log1p(10 x)`` (pooled activations are
 skewed, with a long tail: the log makes them closer to Gaussian, and separated other sources
-better in bench/familiarity.py: AUROC 0.90 against 0.87 without it). The description is then a
+better in ``bench/familiarity.py``; docs/benchmarks.md has the figures). The description is then a
 probabilistic PCA: the mean of the training features, their top ``k``
 principal directions with the variance along each, and one variance for everything outside
 them. A photo's distance is its Mahalanobis distance under that covariance (the top
@@ -63,8 +63,8 @@ if TYPE_CHECKING:
     from smokerdet.inference.engine import Engine
 
 log = logging.getLogger("smokerdet")
-#: Principal directions kept (bench/familiarity.py: 64 separates as well as 128, in half the
-#: file: 330 kB for Lite0's 1280 features).
+#: Principal directions kept (``bench/familiarity.py``: 64 separates as well as 128, in half
+#: the file).
 DEFAULT_DIMS = 64
 #: Share of the validation photos that count as familiar.
 FAMILIAR_SHARE = 0.95

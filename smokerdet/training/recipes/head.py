@@ -16,9 +16,7 @@ therefore takes the *head* recipe instead:
    labelled cross-validated. The threshold is :data:`THRESHOLD` (0.5), the natural cut of
    a head fitted with the classes weighted equally: picking the best-F1 threshold on the
    out-of-fold scores of a few dozen photos was measured to do worse and to swing more
-   (bench/adapt.py: on a simulated site, 0.772 against 0.755 accuracy at 16 photos, 0.820
-   against 0.800 at 32, 0.865 against 0.850 at 64; the picked thresholds ranged from 0.18 to
-   0.78).
+   (``bench/adapt.py``; the figures are in docs/benchmarks.md).
 
 Everything else (architecture, preprocessing, TTA, backbone) is the init model's, so the new
 model exports, serves and describes its familiarity like any other.
@@ -62,8 +60,8 @@ if TYPE_CHECKING:
     from smokerdet.models import ModelMeta
 
 #: ``--recipe auto`` refits only the head up to this many site photos (train + val) and
-#: fine-tunes the whole model above it (bench/adapt.py: the head recipe's gain flattens out
-#: by ~256 photos, where a fine-tune has enough photos to learn from).
+#: fine-tunes the whole model above it (``bench/adapt.py``: the head recipe's gain flattens out
+#: where a fine-tune has enough photos to learn from; docs/benchmarks.md).
 HEAD_MAX_PHOTOS = 300
 #: Folds for the site's cross-validated metrics (fewer when a class has fewer photos).
 MAX_FOLDS = 5

@@ -74,24 +74,6 @@ class Member:
     sha256: str
 
 
-NPM_MEDIAPIPE = SourcePackage(
-    name="@mediapipe/face_detection",
-    version="0.4.1657300184",
-    registry="npm",
-    filename="mediapipe-face_detection-0.4.1657300184.tgz",
-    sha256="a118cde74923dc4435257fbfbb613464a0f58d115dff6314d4ff96c8aebf6419",
-    licence="Apache-2.0",
-    licence_location=(
-        'package.json "license": "Apache-2.0" (the tarball ships no LICENSE file; '
-        "full text: https://www.apache.org/licenses/LICENSE-2.0)"
-    ),
-    attribution=(
-        "BlazeFace face detector, Copyright Google LLC, from MediaPipe "
-        "(@mediapipe/face_detection), Apache License 2.0. Bazarevsky et al., "
-        '"BlazeFace: Sub-millisecond Neural Face Detection on Mobile GPUs", 2019.'
-    ),
-)
-
 MEMBERS: dict[str, Member] = {
     "blazeface-short": Member(
         NPM_MEDIAPIPE,
